@@ -1,0 +1,56 @@
+# amoc: see README.md. Every target runs from a fresh Debian 12 machine with Python 3.11.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+REL    := _rel/amoc
+
+.PHONY: help deps dev rel console lint test test-unit test-fast demo bench clean
+
+help:
+	@echo "make rel        build the release in $(REL)"
+	@echo "make console    build the release and open a node console"
+	@echo "make demo       the main job: an XMPP load test against a local ejabberd"
+	@echo "make test       lint and every test (installs what they need)"
+	@echo "make test-unit  the fast tests only (no servers)"
+	@echo "make bench      the benchmarks in bench/"
+
+# System packages the tests, the demo and the benchmarks use (Debian).
+DEBS := ejabberd graphite-carbon tmux
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+dev: $(VENV)/.stamp
+
+rel:
+	tools/release.sh
+
+console: rel
+	$(REL)/bin/amoc console
+
+lint: dev
+	$(VENV)/bin/ruff check amoc tests bench scenarios tools
+	$(VENV)/bin/ruff format --check amoc tests bench scenarios tools
+	$(VENV)/bin/mypy amoc
+
+test-unit: dev
+	$(VENV)/bin/pytest -m unit -q
+
+test: deps dev rel lint
+	$(VENV)/bin/pytest -q
+
+bench: deps dev rel
+	$(PY) bench/bench_runner.py
+
+clean:
+	rm -rf _rel _build build *.egg-info
+
+-include mk/*.mk

@@ -1,0 +1,281 @@
+"""Configuration: environment, run-time values, the release's app.config, defaults.
+
+Lookup order for `get(name)`:
+1. the OS environment `AMOC_<NAME>` (parsed as a Python literal, else the raw string);
+2. values set at run time with `set(name, value)`;
+3. the release's `priv/app.config` (TOML, one `name = value` per line);
+4. the declared default, or the `default` given to `get`.
+
+Names are case-insensitive and stored lower-case.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import threading
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amoc.errors import ConfigError
+
+INFINITY = math.inf
+
+
+class _Required:
+    """Marker for a declared parameter that has no default."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED: Any = _Required()
+_MISSING: Any = object()
+
+Verifier = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared configuration parameter: name, default, description, verification."""
+
+    name: str
+    default: Any = REQUIRED
+    description: str = ""
+    verify: Verifier | None = None
+
+    def check(self, value: Any, source: str) -> Any:
+        """Return `value` normalised, or raise ConfigError naming the parameter and source."""
+        try:
+            if self.verify is not None:
+                return self.verify(value)
+            return _check_type(self.default, value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"config {self.name!r} = {value!r} (from {source}) is invalid: {exc}"
+            ) from None
+
+
+def param(
+    name: str, default: Any = REQUIRED, description: str = "", verify: Verifier | None = None
+) -> Param:
+    """Declare a parameter (for a scenario's `PARAMETERS` list)."""
+    if not name.isidentifier():
+        raise ConfigError(f"parameter name {name!r} is not a valid identifier")
+    return Param(name.lower(), default, description, verify)
+
+
+def _check_type(default: Any, value: Any) -> Any:
+    if default is REQUIRED or default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"expected a boolean, got {type(value).__name__}")
+    if isinstance(default, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"expected a number, got {type(value).__name__}")
+        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+            if not value.is_integer():
+                raise TypeError(f"expected an integer, got {value!r}")
+            return int(value)
+        return value
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def non_negative_ms(value: Any) -> float | int:
+    """Verify a duration in milliseconds: a number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected milliseconds as a number, got {type(value).__name__}")
+    if value < 0 or math.isnan(value):
+        raise ValueError("must be >= 0 ms")
+    return value
+
+
+def repeat_count(value: Any) -> float | int:
+    """Verify a repeat count: an integer >= 1 or infinity (`"infinity"`, `math.inf`)."""
+    if isinstance(value, str) and value.strip().lower() in ("infinity", "inf"):
+        return INFINITY
+    if value == INFINITY:
+        return INFINITY
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer >= 1 or 'infinity', got {value!r}")
+    if value < 1:
+        raise ValueError("must be >= 1 (or 'infinity')")
+    return value
+
+
+BUILTINS: tuple[Param, ...] = (
+    Param("interarrival", 50, "ms between two user starts", non_negative_ms),
+    Param("repeat_interval", 60_000, "ms between two runs of start for one user", non_negative_ms),
+    Param("repeat_num", INFINITY, "how many times each user runs start", repeat_count),
+)
+
+
+def parse_literal(raw: str) -> Any:
+    """Parse an environment value: a Python literal if it is one, else the raw string."""
+    try:
+        return ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return raw
+
+
+def load_app_config(path: Path) -> dict[str, Any]:
+    """Read a TOML app.config; raise ConfigError naming the file and the line on bad syntax."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if "amoc" in data and isinstance(data["amoc"], dict):
+        data = {**{k: v for k, v in data.items() if k != "amoc"}, **data["amoc"]}
+    return {str(k).lower(): v for k, v in data.items()}
+
+
+class Config:
+    """One node's configuration: the object scenarios and the console see as `amoc_config`."""
+
+    def __init__(
+        self, app_config: Path | None = None, environ: Mapping[str, str] | None = None
+    ) -> None:
+        self._environ = environ if environ is not None else os.environ
+        self._app_path = app_config
+        self._app: dict[str, Any] = load_app_config(app_config) if app_config else {}
+        self._runtime: dict[str, Any] = {}
+        self._params: dict[str, Param] = {p.name: p for p in BUILTINS}
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[str, Any], None]] = []
+
+    def load_app(self, path: Path) -> None:
+        """(Re)read the app config file; raise ConfigError naming the file on bad syntax."""
+        data = load_app_config(path)
+        with self._lock:
+            self._app_path, self._app = path, data
+
+    # -- declarations -------------------------------------------------------------------
+
+    def declare(self, params: Iterable[Param]) -> None:
+        """Make parameters known (built-ins are always known)."""
+        with self._lock:
+            for p in params:
+                self._params[p.name] = p
+
+    def known(self) -> dict[str, Param]:
+        """All declared parameters by name."""
+        return dict(self._params)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def lookup(self, name: str) -> tuple[Any, str] | None:
+        """Return (raw value, where it came from) or None when no source has one."""
+        key = name.lower()
+        for env_name in (f"AMOC_{key.upper()}", f"AMOC_{name}"):
+            if env_name in self._environ:
+                return parse_literal(self._environ[env_name]), f"environment {env_name}"
+        if key in self._runtime:
+            return self._runtime[key], "run-time value"
+        if key in self._app:
+            return self._app[key], f"app config {self._app_path}"
+        return None
+
+    def get(self, name: str, default: Any = _MISSING) -> Any:
+        """The value of `name`; raise ConfigError if no source and no default has one."""
+        key = name.lower()
+        declared = self._params.get(key)
+        found = self.lookup(key)
+        if found is not None:
+            value, source = found
+            return declared.check(value, source) if declared else value
+        if default is not _MISSING:
+            return default
+        if declared is not None and declared.default is not REQUIRED:
+            return declared.default
+        raise ConfigError(
+            f"no value for config {key!r}: set the environment variable AMOC_{key.upper()}, "
+            f"call amoc_config.set({key!r}, ...), or add `{key} = ...` to priv/app.config"
+        )
+
+    def resolve(self, params: Iterable[Param]) -> dict[str, Any]:
+        """Resolve declared parameters, reporting every missing or invalid one at once."""
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for p in params:
+            try:
+                values[p.name] = self.get(p.name)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return values
+
+    # -- writing ------------------------------------------------------------------------
+
+    def set(self, name: str, value: Any, *, strict: bool = True) -> None:
+        """Set a run-time value; unknown names are refused unless `strict=False`."""
+        key = name.lower()
+        declared = self._params.get(key)
+        if declared is None and strict:
+            known = ", ".join(sorted(self._params))
+            raise ConfigError(f"unknown config name {key!r}; known names: {known}")
+        if declared is not None:
+            value = declared.check(value, "amoc_config.set")
+        with self._lock:
+            self._runtime[key] = value
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(key, value)
+
+    def unset(self, name: str) -> None:
+        """Forget a run-time value."""
+        with self._lock:
+            self._runtime.pop(name.lower(), None)
+
+    def runtime_values(self) -> dict[str, Any]:
+        """The values set at run time (what a master broadcasts to its nodes)."""
+        with self._lock:
+            return dict(self._runtime)
+
+    def on_change(self, listener: Callable[[str, Any], None]) -> None:
+        """Call `listener(name, value)` after every run-time `set`."""
+        self._listeners.append(listener)
+
+    def describe(self) -> list[tuple[str, Any, str, str]]:
+        """Rows of (name, current value or error, source, description) for the console."""
+        rows = []
+        for key, p in sorted(self._params.items()):
+            found = self.lookup(key)
+            try:
+                value = self.get(key)
+                source = found[1] if found else "default"
+            except ConfigError as exc:
+                value, source = f"<{exc}>", "error"
+            rows.append((key, value, source, p.description))
+        return rows
+
+    def __repr__(self) -> str:
+        lines = [f"{n} = {v!r}  ({s}) {d}" for n, v, s, d in self.describe()]
+        return "amoc_config:\n  " + "\n  ".join(lines)
+
+
+# The node's configuration; the node loads its release's priv/app.config at start.
+amoc_config = Config()
+
+
+def get(name: str, default: Any = _MISSING) -> Any:
+    """Read a value from the node's configuration (see the module doc for the order)."""
+    return amoc_config.get(name, default)
+
+
+def set(name: str, value: Any) -> None:
+    """Set a run-time value on the node's configuration."""
+    amoc_config.set(name, value)

@@ -1,0 +1,77 @@
+"""Where a node keeps its files: the release layout."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# Unix socket paths are limited to 107 bytes on Linux; keep a margin.
+_MAX_SOCKET_PATH = 100
+
+
+@dataclass(frozen=True)
+class Home:
+    """The files of node `name` in release directory `root`."""
+
+    root: Path
+    name: str = "amoc"
+
+    @classmethod
+    def discover(cls, name: str | None = None) -> Home:
+        """The release named by AMOC_HOME (set by bin/amoc), else the current directory."""
+        root = Path(os.environ.get("AMOC_HOME") or Path.cwd()).resolve()
+        return cls(root, name or os.environ.get("AMOC_NODE_NAME") or "amoc")
+
+    @property
+    def scenarios_dir(self) -> Path:
+        """Bundled and user scenarios."""
+        return self.root / "scenarios"
+
+    @property
+    def uploaded_dir(self) -> Path:
+        """Scenarios uploaded at run time (REST, cluster)."""
+        return self.root / "priv" / "scenarios"
+
+    @property
+    def app_config(self) -> Path:
+        """The rendered app config."""
+        return self.root / "priv" / "app.config"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid file and console socket of this node (mode 0700)."""
+        return self.root / "run" / self.name
+
+    @property
+    def pidfile(self) -> Path:
+        """The running node's pid."""
+        return self.run_dir / "node.pid"
+
+    @property
+    def log_file(self) -> Path:
+        """The node's log."""
+        return self.root / "log" / f"{self.name}.log"
+
+    @property
+    def history_file(self) -> Path:
+        """Console history, shared by `console` and `attach`."""
+        return self.root / "run" / ".console_history"
+
+    @property
+    def socket(self) -> Path:
+        """The console socket; under a private /tmp directory when the path would be too long."""
+        path = self.run_dir / "console.sock"
+        if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+            return path
+        digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"amoc-{os.getuid()}" / f"{digest}.sock"
+
+    def make_dirs(self) -> None:
+        """Create the run, log and socket directories, private to the owner."""
+        for directory in (self.run_dir, self.socket.parent):
+            directory.mkdir(parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)

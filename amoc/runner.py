@@ -1,0 +1,412 @@
+"""The controller: one node's users, their pacing, repeats, add and remove.
+
+Everything here runs in the node's event loop. The controller knows nothing of the
+cluster: the master sends it the same verbs a local console does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import inspect
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from amoc import metrics
+from amoc import scenario as scenario_mod
+from amoc.config import BUILTINS, Config, amoc_config
+from amoc.errors import ConfigError, RunnerError, ScenarioError
+
+log = logging.getLogger("amoc.runner")
+user_log = logging.getLogger("amoc.user")
+
+# Users spawned back to back (interarrival 0) yield to the loop this often.
+_SPAWN_BATCH = 200
+
+
+class State(enum.Enum):
+    """Where the controller is in a run."""
+
+    IDLE = "idle"
+    RUNNING = "running"
+    FINISHED = "finished"  # every user has done its repeats; add() may start more
+    STOPPING = "stopping"
+
+
+@dataclass(eq=False)
+class _User:
+    id: int
+    task: asyncio.Task[None] | None = None
+    stopping: bool = False
+    in_start: bool = False
+    runs: int = 0
+    errors: int = 0
+
+
+class Controller:
+    """Runs one scenario's users on this node."""
+
+    def __init__(
+        self,
+        scenario_dirs: Sequence[Path] = (Path("scenarios"),),
+        config: Config = amoc_config,
+        sync_workers: int = 64,
+    ) -> None:
+        self.scenario_dirs = [Path(d) for d in scenario_dirs]
+        self.config = config
+        self.state = State.IDLE
+        self.scenario: scenario_mod.Scenario | None = None
+        self._state_value: Any = None
+        self._users: dict[int, _User] = {}
+        self._pending: deque[int] = deque()
+        self._spawner: asyncio.Task[None] | None = None
+        self._next_id = 1
+        self._since = 0.0
+        self._comment = ""
+        self._counts = dict(started=0, finished=0, removed=0, failed_runs=0, runs=0)
+        self._executor = ThreadPoolExecutor(sync_workers, thread_name_prefix="amoc-sync-start")
+        self._m_started = metrics.counter("users.started")
+        self._m_running = metrics.gauge("users.running")
+        self._m_failed = metrics.counter("users.failed")
+        self._m_finished = metrics.counter("users.finished")
+        self._m_runs = metrics.counter("scenario.runs")
+
+    # -- commands -----------------------------------------------------------------------
+
+    async def do(
+        self,
+        name: str,
+        first: int,
+        last: int,
+        settings: dict[str, Any] | None = None,
+        comment: str = "",
+        ids: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
+        """Load scenario `name`, run its init, then start users `first`..`last`."""
+        if self.state in (State.RUNNING, State.STOPPING):
+            assert self.scenario is not None
+            raise RunnerError(
+                f"scenario {self.scenario.name!r} is already running with "
+                f"{len(self._users) + len(self._pending)} users; stop() it first"
+            )
+        user_ids = list(ids) if ids is not None else _id_range(first, last)
+        loaded = await asyncio.get_running_loop().run_in_executor(
+            None, scenario_mod.load, name, self.scenario_dirs
+        )
+        return await self.do_loaded(loaded, user_ids, settings, comment)
+
+    async def do_loaded(
+        self,
+        loaded: scenario_mod.Scenario,
+        user_ids: Sequence[int],
+        settings: dict[str, Any] | None = None,
+        comment: str = "",
+    ) -> dict[str, Any]:
+        """Like `do`, for a scenario already loaded (uploaded source, cluster)."""
+        if self.state in (State.RUNNING, State.STOPPING):
+            raise RunnerError("a scenario is already running; stop() it first")
+        _check_ids(user_ids)
+        self.config.declare(loaded.params)
+        self._apply_settings(loaded, settings or {})
+        try:
+            self.config.resolve((*BUILTINS, *loaded.params))
+        except ConfigError as exc:
+            raise ScenarioError(f"scenario {loaded.name!r} cannot start: {exc}") from None
+        state = None
+        if loaded.init is not None:
+            try:
+                state = await scenario_mod.call(loaded.init)
+            except Exception as exc:
+                log.exception("init of scenario %r raised", loaded.name)
+                raise ScenarioError(
+                    f"init of scenario {loaded.name!r} raised {type(exc).__name__}: {exc}; "
+                    "no user was started"
+                ) from exc
+        self.scenario, self._state_value = loaded, state
+        self._users.clear()
+        self._pending = deque(user_ids)
+        self._next_id = max(user_ids) + 1 if user_ids else 1
+        self._since = time.time()
+        self._comment = comment
+        self._counts = dict(started=0, finished=0, removed=0, failed_runs=0, runs=0)
+        self.state = State.RUNNING
+        metrics.annotate(
+            "scenario_start",
+            comment=comment,
+            tags={"scenario": loaded.name, "users": len(user_ids)},
+        )
+        log.info("scenario %s: starting %d users", loaded.name, len(user_ids))
+        self._ensure_spawner()
+        return self.status()
+
+    async def add(self, count: int, ids: Sequence[int] | None = None) -> dict[str, Any]:
+        """Start `count` more users with the next ids (or exactly `ids`)."""
+        if self.scenario is None or self.state not in (State.RUNNING, State.FINISHED):
+            raise RunnerError("no scenario is running: start one with do(scenario, first, last)")
+        if ids is None:
+            _check_count(count, "add")
+            ids = range(self._next_id, self._next_id + count)
+        new_ids = list(ids)
+        _check_ids(new_ids)
+        taken = [i for i in new_ids if i in self._users or i in self._pending]
+        if taken:
+            raise RunnerError(f"user ids already running: {_short(taken)}")
+        self._pending.extend(new_ids)
+        self._next_id = max(self._next_id, max(new_ids, default=0) + 1)
+        self.state = State.RUNNING
+        self._ensure_spawner()
+        return self.status()
+
+    async def remove(
+        self, count: int, force: bool = False, ids: Sequence[int] | None = None
+    ) -> dict[str, Any]:
+        """Remove the `count` newest users (or exactly `ids`); force kills them at once."""
+        if self.scenario is None:
+            raise RunnerError("no scenario is running")
+        alive = len(self._pending) + sum(1 for u in self._users.values() if not u.stopping)
+        if ids is None:
+            _check_count(count, "remove")
+            if count > alive:
+                raise RunnerError(f"cannot remove {count} users: only {alive} are running")
+            chosen = self._newest(count)
+        else:
+            chosen = list(ids)
+            unknown = [i for i in chosen if i not in self._users and i not in self._pending]
+            if unknown:
+                raise RunnerError(f"user ids not running on this node: {_short(unknown)}")
+        removed = []
+        pending = set(self._pending)
+        for uid in chosen:
+            if uid in pending:
+                self._pending.remove(uid)
+                self._counts["removed"] += 1
+                removed.append(uid)
+                continue
+            user = self._users[uid]
+            if not user.stopping:
+                self._counts["removed"] += 1
+            removed.append(uid)
+            user.stopping = True
+            if (force or not user.in_start) and user.task is not None:
+                user.task.cancel()
+        if force:
+            await self._wait_users([self._users[u] for u in removed if u in self._users])
+        return {"removed": removed, "force": force, **self.status()}
+
+    async def stop(self) -> dict[str, Any]:
+        """Stop the scenario: kill every user, run `terminate`, go back to idle."""
+        if self.scenario is None:
+            return self.status()
+        self.state = State.STOPPING
+        if self._spawner is not None:
+            self._spawner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._spawner
+        self._pending.clear()
+        users = list(self._users.values())
+        for user in users:
+            user.stopping = True
+            if user.task is not None:
+                user.task.cancel()
+        await self._wait_users(users)
+        name = self.scenario.name
+        if self.scenario.terminate is not None:
+            args = (self._state_value,) if _takes_arg(self.scenario.terminate) else ()
+            try:
+                await scenario_mod.call(self.scenario.terminate, *args)
+            except Exception:
+                log.exception("terminate of scenario %r raised", name)
+        metrics.annotate("scenario_stop", comment=self._comment, tags={"scenario": name})
+        final = self.status()
+        self.scenario, self._state_value = None, None
+        self._users.clear()
+        self.state = State.IDLE
+        log.info("scenario %s stopped", name)
+        return final
+
+    async def close(self) -> None:
+        """Stop and release the worker threads (node shutdown)."""
+        await self.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """A plain-dict picture of this node's run."""
+        running = sum(1 for u in self._users.values() if not u.stopping)
+        return {
+            "state": self.state.value,
+            "scenario": self.scenario.name if self.scenario else None,
+            "since": self._since if self.scenario else None,
+            "comment": self._comment,
+            "users": {
+                "running": running,
+                "stopping": len(self._users) - running,
+                "pending": len(self._pending),
+                **self._counts,
+            },
+            "next_id": self._next_id,
+        }
+
+    def user_ids(self) -> list[int]:
+        """Ids of the users alive on this node (pending ones included), ascending."""
+        alive = [u.id for u in self._users.values() if not u.stopping]
+        return sorted(alive + list(self._pending))
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _apply_settings(self, loaded: scenario_mod.Scenario, settings: dict[str, Any]) -> None:
+        checked = {}
+        known = self.config.known()
+        for key, value in settings.items():
+            p = known.get(key.lower())
+            if p is None:
+                raise ConfigError(
+                    f"unknown setting {key!r} for scenario {loaded.name!r}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+            checked[p.name] = p.check(value, "do(settings=...)")
+        for key, value in checked.items():
+            self.config.set(key, value)
+
+    def _newest(self, count: int) -> list[int]:
+        chosen = list(reversed(self._pending))[:count]
+        if len(chosen) < count:
+            alive = sorted((u.id for u in self._users.values() if not u.stopping), reverse=True)
+            chosen += alive[: count - len(chosen)]
+        return chosen
+
+    def _ensure_spawner(self) -> None:
+        if self._spawner is None or self._spawner.done():
+            self._spawner = asyncio.get_running_loop().create_task(self._spawn(), name="spawner")
+
+    async def _spawn(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        burst = 0
+        while self._pending:
+            uid = self._pending.popleft()
+            self._start_user(uid)
+            interarrival = self.config.get("interarrival") / 1000.0
+            if interarrival <= 0:
+                burst += 1
+                if burst >= _SPAWN_BATCH:
+                    burst = 0
+                    await asyncio.sleep(0)
+                next_at = loop.time()
+                continue
+            next_at += interarrival
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -interarrival:
+                # Far behind (a busy loop): do not make up with a burst of users.
+                next_at = loop.time()
+
+    def _start_user(self, uid: int) -> None:
+        user = _User(uid)
+        self._users[uid] = user
+        user.task = asyncio.get_running_loop().create_task(self._run_user(user), name=f"user-{uid}")
+        self._counts["started"] += 1
+        self._m_started.inc()
+        self._m_running.inc()
+
+    async def _run_user(self, user: _User) -> None:
+        assert self.scenario is not None
+        loaded = self.scenario
+        args: tuple[Any, ...] = (
+            (user.id, self._state_value) if loaded.start_takes_state else (user.id,)
+        )
+        start = loaded.start
+        is_async = loaded.is_async
+        loop = asyncio.get_running_loop()
+        finished = False
+        try:
+            while not user.stopping:
+                user.in_start = True
+                try:
+                    if is_async:
+                        await start(*args)
+                    else:
+                        await loop.run_in_executor(self._executor, functools.partial(start, *args))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    user.errors += 1
+                    self._counts["failed_runs"] += 1
+                    self._m_failed.inc()
+                    user_log.exception("user %d: start raised (run %d)", user.id, user.runs + 1)
+                finally:
+                    user.in_start = False
+                user.runs += 1
+                self._counts["runs"] += 1
+                self._m_runs.inc()
+                if user.stopping or user.runs >= _repeat_num(self.config):
+                    finished = not user.stopping
+                    break
+                await asyncio.sleep(self.config.get("repeat_interval") / 1000.0)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._m_running.dec()
+            if finished:
+                self._counts["finished"] += 1
+                self._m_finished.inc()
+            if self._users.get(user.id) is user:
+                del self._users[user.id]
+            if self.state is State.RUNNING and not self._users and not self._pending:
+                self.state = State.FINISHED
+
+    async def _wait_users(self, users: Sequence[_User]) -> None:
+        tasks = [u.task for u in users if u.task is not None and not u.task.done()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _repeat_num(config: Config) -> float:
+    value = config.get("repeat_num")
+    return math.inf if value == math.inf else float(value)
+
+
+def _takes_arg(fn: Any) -> bool:
+    try:
+        return len(inspect.signature(fn).parameters) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
+def _id_range(first: int, last: int) -> list[int]:
+    for label, value in (("first", first), ("last", last)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RunnerError(f"{label} id must be an integer, got {value!r}")
+    if first < 1:
+        raise RunnerError(f"user ids start at 1; got first={first}")
+    if last < first:
+        raise RunnerError(f"ids out of order: first={first} is after last={last}")
+    return list(range(first, last + 1))
+
+
+def _check_ids(ids: Sequence[int]) -> None:
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in ids):
+        raise RunnerError("user ids must be integers >= 1")
+    if len(set(ids)) != len(ids):
+        raise RunnerError("user ids must be distinct")
+
+
+def _check_count(count: int, verb: str) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise RunnerError(f"{verb}: count must be an integer >= 1, got {count!r}")
+
+
+def _short(ids: Sequence[int]) -> str:
+    shown = ", ".join(str(i) for i in list(ids)[:10])
+    return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")

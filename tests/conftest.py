@@ -1,0 +1,23 @@
+"""Fixtures shared by every test layer: the release, built once per session."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A release built from this checkout by tools/release.sh (what `make rel` runs)."""
+    rel = tmp_path_factory.mktemp("rel") / "amoc"
+    subprocess.run(
+        [str(ROOT / "tools" / "release.sh")],
+        env={**os.environ, "REL": str(rel)},
+        check=True,
+        capture_output=True,
+    )
+    assert (rel / "bin" / "amoc").is_file()
+    return rel

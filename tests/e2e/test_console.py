@@ -1,0 +1,166 @@
+"""The README's console walkthrough, through a real terminal, on the built release."""
+
+import itertools
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.terminal import Terminal, amoc
+
+pytestmark = pytest.mark.e2e
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def node_name() -> str:
+    return f"t{os.getpid()}_{next(_names)}"
+
+
+def console(release: Path, name: str, **env: str) -> Terminal:
+    return Terminal(release, ["--name", name, "console"], {"AMOC_INTERARRIVAL": "0", **env})
+
+
+def test_do_add_remove_and_leave(release: Path, node_name: str) -> None:
+    term = console(release, node_name, AMOC_DUMMY_WAIT="3000")
+    assert "amoc_local" in term.banner
+    out = term.run('amoc_local.do("dummy", 1, 10)')
+    assert out.startswith("running dummy"), out
+    term.wait("amoc_local.users()", lambda ids: ids == list(range(1, 11)))
+    term.run("amoc_local.add(10)")
+    term.wait("amoc_local.users()", lambda ids: ids == list(range(1, 21)))
+
+    out = term.run("amoc_local.remove(5, force=True)")
+    assert out.startswith("removed 5 users (force)"), out
+    assert term.value("amoc_local.users()") == list(range(1, 16))
+    assert term.value('metrics.counter("dummy.runs").value') == 0  # killed mid-wait
+
+    # Gentle: the 5 newest finish their current wait, then do not start again.
+    term.run("amoc_local.remove(5)")
+    assert term.value("amoc_local.users()") == list(range(1, 11))
+    assert term.value('status()["users"]["stopping"]') == 5
+    term.wait('status()["users"]["stopping"]', lambda n: n == 0)
+    runs = term.value('metrics.counter("dummy.runs").value')
+    assert runs >= 5, runs
+
+    status = amoc(release, "--name", node_name, "status")
+    assert status.returncode == 0 and "10 running" in status.stdout, status.stdout
+
+    out = term.leave()
+    assert "leaving the console" in out
+    assert amoc(release, "--name", node_name, "status").returncode == 3
+
+
+def test_repeat_num_and_repeat_interval(release: Path, node_name: str) -> None:
+    term = console(release, node_name, AMOC_DUMMY_WAIT="10")
+    term.run('amoc_config.set("repeat_num", 3)')
+    term.run('amoc_config.set("repeat_interval", 400)')
+    begun = time.monotonic()
+    term.run('amoc_local.do("dummy", 1, 4)')
+    term.wait('status()["state"]', lambda s: s == "finished")
+    elapsed = time.monotonic() - begun
+    assert term.value('metrics.counter("dummy.runs").value') == 12
+    assert term.value('status()["users"]["finished"]') == 4
+    assert elapsed >= 0.8, elapsed  # two repeat intervals of 400 ms
+    term.leave()
+
+
+def test_attach_detach_keeps_users_running(release: Path, node_name: str) -> None:
+    env = {"AMOC_INTERARRIVAL": "0", "AMOC_DUMMY_WAIT": "60000"}
+    started = amoc(release, "--name", node_name, "start", env=env)
+    assert started.returncode == 0, started.stderr
+    try:
+        again = amoc(release, "--name", node_name, "start", env=env)
+        assert again.returncode == 1 and "already running" in again.stderr
+
+        term = Terminal(release, ["--name", node_name, "attach"], env)
+        assert "detaches" in term.banner
+        term.run('amoc_local.do("dummy", 1, 5)')
+        term.wait("amoc_local.users()", lambda ids: ids == [1, 2, 3, 4, 5])
+        term.run("x = 41")
+        assert "detached" in term.leave()
+
+        status = amoc(release, "--name", node_name, "status")
+        assert "5 running" in status.stdout, status.stdout
+
+        term = Terminal(release, ["--name", node_name, "attach"], env)
+        assert term.value("amoc_local.users()") == [1, 2, 3, 4, 5]
+        assert "NameError" in term.run("x")  # each attach has its own namespace
+        term.run("amoc_local.add(2)")
+        assert term.value("amoc_local.users()") == list(range(1, 8))
+        term.leave()
+    finally:
+        stopped = amoc(release, "--name", node_name, "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert amoc(release, "--name", node_name, "status").returncode == 3
+    assert "not running" in amoc(release, "--name", node_name, "stop").stderr
+
+
+def test_console_socket_is_private(release: Path, node_name: str) -> None:
+    started = amoc(release, "--name", node_name, "start")
+    assert started.returncode == 0, started.stderr
+    try:
+        run_dir = release / "run" / node_name
+        assert (run_dir.stat().st_mode & 0o777) == 0o700
+        sock = run_dir / "console.sock"
+        assert (sock.stat().st_mode & 0o777) == 0o600
+    finally:
+        amoc(release, "--name", node_name, "stop")
+
+
+def test_errors_are_clear_and_disturb_nothing(release: Path, node_name: str) -> None:
+    scenarios = release / "scenarios"
+    (scenarios / "flaky.py").write_text(
+        "async def start(user_id):\n"
+        "    if user_id == 3:\n"
+        "        raise RuntimeError('user three is broken')\n"
+    )
+    (scenarios / "unimportable.py").write_text("import not_a_module_xyz\nasync def start(u): pass\n")
+    (scenarios / "startless.py").write_text("def init():\n    pass\n")
+    (scenarios / "badinit.py").write_text(
+        "def init():\n    raise ValueError('no data file')\nasync def start(u): pass\n"
+    )
+    term = console(release, node_name, AMOC_DUMMY_WAIT="60000")
+    out = term.run('amoc_local.do("nope", 1, 2)')
+    assert "ScenarioError: scenario 'nope' not found" in out
+    assert "failed to import" in term.run('amoc_local.do("unimportable", 1, 2)')
+    assert "has no start function" in term.run('amoc_local.do("startless", 1, 2)')
+    assert "init of scenario 'badinit' raised ValueError" in term.run(
+        'amoc_local.do("badinit", 1, 2)'
+    )
+    assert term.value('status()["state"]') == "idle"
+
+    term.run('amoc_local.do("dummy", 1, 4)')
+    term.wait("amoc_local.users()", lambda ids: ids == [1, 2, 3, 4])
+    assert "already running" in term.run('amoc_local.do("dummy", 5, 6)')
+    assert "ids out of order" in term.run('amoc_local.stop(); amoc_local.do("dummy", 9, 1)')
+    term.run('amoc_local.do("dummy", 1, 4)')
+    term.wait("amoc_local.users()", lambda ids: ids == [1, 2, 3, 4])
+    assert "only 4 are running" in term.run("amoc_local.remove(9)")
+    assert "unknown config name 'interarival'" in term.run('amoc_config.set("interarival", 1)')
+    assert "'repeat_num'" in term.run('amoc_config.set("repeat_num", -1)')
+    assert term.value("amoc_local.users()") == [1, 2, 3, 4]
+    term.run("amoc_local.stop()")
+
+    term.run('amoc_config.set("repeat_interval", 100)')
+    term.run('amoc_local.do("flaky", 1, 5)')
+    term.wait('status()["users"]["failed_runs"]', lambda n: n >= 2)
+    status = term.value("status()")
+    assert status["users"]["running"] == 5  # user 3 is retried, the others go on
+    term.run("amoc_local.stop()")
+    term.leave()
+    log = (release / "log" / f"{node_name}.log").read_text()
+    assert "user 3: start raised" in log
+    assert "RuntimeError: user three is broken" in log and "Traceback" in log
+
+
+def test_ctrl_c_in_the_console_keeps_the_node(release: Path, node_name: str) -> None:
+    term = console(release, node_name)
+    term.child.send("amoc_local.do(")
+    term.child.kill(signal.SIGINT)
+    term.child.expect("KeyboardInterrupt")
+    assert term.run("1 + 1").endswith("2")
+    term.leave()
