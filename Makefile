@@ -17,7 +17,8 @@ help:
 # System packages the tests, the demo and the benchmarks use (Debian).
 DEBS := ejabberd graphite-carbon tmux
 deps:
-	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || DEBS_EXTRA=python3-venv; \
+	missing="$$DEBS_EXTRA"; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

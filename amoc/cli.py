@@ -41,6 +41,7 @@ def cmd_console(home: Home, _args: argparse.Namespace) -> int:
     leaving = threading.Event()
 
     def watch_external_stop() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # Ctrl+C is readline's
         node.stopped.wait()
         if not leaving.is_set():
             print("\nthe node was stopped; leaving the console", flush=True)

@@ -39,11 +39,11 @@ class ThreadStreams(io.TextIOBase):
         self._fallback = fallback
         self._local = threading.local()
 
-    def write(self, text: str) -> int:  # type: ignore[override]
+    def write(self, text: str) -> int:
         target = getattr(self._local, "buffer", None)
         if target is None:
             return self._fallback.write(text)
-        return target.write(text)  # type: ignore[no-any-return]
+        return target.write(text)
 
     def flush(self) -> None:
         target = getattr(self._local, "buffer", None)
@@ -54,6 +54,15 @@ class ThreadStreams(io.TextIOBase):
 
     def fileno(self) -> int:
         return self._fallback.fileno()
+
+    # input() uses readline (line editing, history) only when sys.stdout names its encoding.
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._fallback.encoding
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return self._fallback.errors
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[io.StringIO]:
@@ -72,7 +81,7 @@ def install_streams() -> tuple[ThreadStreams, ThreadStreams]:
         sys.stdout = ThreadStreams(sys.stdout)
     if not isinstance(sys.stderr, ThreadStreams):
         sys.stderr = ThreadStreams(sys.stderr)
-    return sys.stdout, sys.stderr  # type: ignore[return-value]
+    return sys.stdout, sys.stderr
 
 
 class AmocConsole(code.InteractiveConsole):

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import signal
 import threading
 import time
 from collections.abc import Coroutine
@@ -31,7 +32,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         import uvloop
     except ImportError:
         return asyncio.new_event_loop()
-    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return uvloop.new_event_loop()
 
 
 class _OneLine(logging.Formatter):
@@ -166,6 +167,9 @@ class Node:
     # -- inside the loop thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        # Ctrl+C and SIGTERM belong to the main thread (the console's readline, the daemon's
+        # wait); threads started from here (executors, scenario workers) inherit the mask.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_until_complete(self._main())

@@ -145,7 +145,7 @@ def _optional_callable(
     if not callable(fn):
         raise ScenarioError(f"scenario {name!r}: {attr} is not a function")
     _arity(name, attr, fn, arities)
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def _arity(name: str, attr: str, fn: Callable[..., Any], allowed: tuple[int, ...]) -> int:

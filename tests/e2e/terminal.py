@@ -47,7 +47,9 @@ class Terminal:
         out = self.run(f"print(repr({expression}))")
         return ast.literal_eval(out.splitlines()[-1])
 
-    def wait(self, expression: str, predicate: Callable[[object], bool], timeout: float = 20) -> object:
+    def wait(
+        self, expression: str, predicate: Callable[[object], bool], timeout: float = 20
+    ) -> object:
         """Evaluate `expression` until `predicate` holds on its value."""
         deadline = time.monotonic() + timeout
         while True:
@@ -66,7 +68,9 @@ class Terminal:
         return ANSI.sub("", self.child.before or "")
 
 
-def amoc(release: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def amoc(
+    release: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run bin/amoc with arguments, capturing its output."""
     return subprocess.run(
         [str(release / "bin" / "amoc"), *args],

@@ -6,9 +6,10 @@ import signal
 import time
 from pathlib import Path
 
+import pexpect
 import pytest
 
-from tests.e2e.terminal import Terminal, amoc
+from tests.e2e.terminal import PROMPT, Terminal, amoc
 
 pytestmark = pytest.mark.e2e
 
@@ -118,7 +119,9 @@ def test_errors_are_clear_and_disturb_nothing(release: Path, node_name: str) -> 
         "    if user_id == 3:\n"
         "        raise RuntimeError('user three is broken')\n"
     )
-    (scenarios / "unimportable.py").write_text("import not_a_module_xyz\nasync def start(u): pass\n")
+    (scenarios / "unimportable.py").write_text(
+        "import not_a_module_xyz\nasync def start(u): pass\n"
+    )
     (scenarios / "startless.py").write_text("def init():\n    pass\n")
     (scenarios / "badinit.py").write_text(
         "def init():\n    raise ValueError('no data file')\nasync def start(u): pass\n"
@@ -148,7 +151,7 @@ def test_errors_are_clear_and_disturb_nothing(release: Path, node_name: str) -> 
     term.run('amoc_config.set("repeat_interval", 100)')
     term.run('amoc_local.do("flaky", 1, 5)')
     term.wait('status()["users"]["failed_runs"]', lambda n: n >= 2)
-    status = term.value("status()")
+    status = term.value("dict(status())")
     assert status["users"]["running"] == 5  # user 3 is retried, the others go on
     term.run("amoc_local.stop()")
     term.leave()
@@ -160,7 +163,30 @@ def test_errors_are_clear_and_disturb_nothing(release: Path, node_name: str) -> 
 def test_ctrl_c_in_the_console_keeps_the_node(release: Path, node_name: str) -> None:
     term = console(release, node_name)
     term.child.send("amoc_local.do(")
+    term.child.expect_exact("amoc_local.do(")
     term.child.kill(signal.SIGINT)
-    term.child.expect("KeyboardInterrupt")
-    assert term.run("1 + 1").endswith("2")
+    try:
+        term.child.expect("KeyboardInterrupt", timeout=3)
+    except pexpect.TIMEOUT:
+        # readline may hold the signal until its next key; Enter must not run the half line.
+        term.child.sendline("")
+        term.child.expect("KeyboardInterrupt")
+    # Whatever prompts are pending, the console then evaluates a fresh line.
+    term.child.sendline('print("after" + "-interrupt", 1 + 1)')
+    term.child.expect("after-interrupt 2\r\n")
+    term.child.expect(PROMPT)
+    assert term.value('status()["state"]') == "idle"
     term.leave()
+
+
+def test_console_has_line_editing_and_history(release: Path, node_name: str) -> None:
+    term = console(release, node_name)
+    term.run("x = 41")
+    # Up arrow recalls the last line; typing goes on at its end.
+    term.run("\x1b[A + 1")
+    assert term.value("x") == 42
+    term.leave()
+    again = console(release, node_name)
+    again.run("\x1b[A\x1b[A")  # history survives the node: "x = 41 + 1" two lines back
+    assert again.value("x") == 42
+    again.leave()

@@ -1,0 +1,168 @@
+"""Named counters, gauges and histograms of one node, and how snapshots merge."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from amoc.metrics.histogram import Histogram, describe, merge_snapshots
+
+ANNOTATIONS_KEPT = 1000
+
+
+class Counter:
+    """A number that only grows (users started, messages sent...)."""
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.value = 0
+
+    def inc(self, n: int = 1) -> None:
+        """Add `n` (default 1)."""
+        self.value += n
+
+
+class Gauge:
+    """A number that goes up and down (users running, connections open)."""
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.value: float = 0
+
+    def set(self, value: float) -> None:
+        """Set the value."""
+        self.value = value
+
+    def inc(self, n: float = 1) -> None:
+        """Add `n`."""
+        self.value += n
+
+    def dec(self, n: float = 1) -> None:
+        """Subtract `n`."""
+        self.value -= n
+
+
+def _check_name(name: str) -> str:
+    if not name or any(c.isspace() for c in name) or name.startswith(".") or name.endswith("."):
+        raise ValueError(f"metric name {name!r} must be dotted words without spaces")
+    return name
+
+
+class Registry:
+    """Every metric of a node, by name; get-or-create, so any module can ask for one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counters: dict[str, Counter] = {}
+        self.gauges: dict[str, Gauge] = {}
+        self.histograms: dict[str, Histogram] = {}
+        self.annotations: deque[dict[str, Any]] = deque(maxlen=ANNOTATIONS_KEPT)
+        self._listeners: list[Any] = []
+
+    def counter(self, name: str) -> Counter:
+        """The counter called `name`, created at 0 when new."""
+        found = self.counters.get(name)
+        if found is None:
+            with self._lock:
+                found = self.counters.setdefault(name, Counter(_check_name(name)))
+        return found
+
+    def gauge(self, name: str) -> Gauge:
+        """The gauge called `name`, created at 0 when new."""
+        found = self.gauges.get(name)
+        if found is None:
+            with self._lock:
+                found = self.gauges.setdefault(name, Gauge(_check_name(name)))
+        return found
+
+    def histogram(self, name: str) -> Histogram:
+        """The histogram called `name`, created empty when new."""
+        found = self.histograms.get(name)
+        if found is None:
+            with self._lock:
+                found = self.histograms.setdefault(name, Histogram(_check_name(name)))
+        return found
+
+    def annotate(
+        self, what: str, comment: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Record an event (a scenario started or stopped) for Graphite's annotations."""
+        event = {
+            "what": _check_name(what),
+            "comment": comment,
+            "tags": dict(tags or {}),
+            "when": time.time(),
+        }
+        self.annotations.append(event)
+        for listener in list(self._listeners):
+            listener(event)
+        return event
+
+    def on_annotation(self, listener: Any) -> None:
+        """Call `listener(event)` for each new annotation."""
+        self._listeners.append(listener)
+
+    def off_annotation(self, listener: Any) -> None:
+        """Stop calling `listener`."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A plain copy of every value, fit for msgpack, JSON and `merge`."""
+        with self._lock:
+            return {
+                "counters": {n: c.value for n, c in self.counters.items()},
+                "gauges": {n: g.value for n, g in self.gauges.items()},
+                "histograms": {n: h.snapshot() for n, h in self.histograms.items()},
+                "time": time.time(),
+            }
+
+    def reset(self) -> None:
+        """Forget every metric and annotation (tests, a new run on a fresh node)."""
+        with self._lock:
+            for c in self.counters.values():
+                c.value = 0
+            for g in self.gauges.values():
+                g.value = 0
+            for h in self.histograms.values():
+                h.reset()
+            self.annotations.clear()
+
+
+def merge(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """One snapshot for several nodes: counters and gauges add, histograms merge exactly."""
+    counters: dict[str, int] = {}
+    gauges: dict[str, float] = {}
+    hists: dict[str, list[Mapping[str, Any]]] = {}
+    latest = 0.0
+    for snap in snapshots:
+        for name, value in snap.get("counters", {}).items():
+            counters[name] = counters.get(name, 0) + value
+        for name, value in snap.get("gauges", {}).items():
+            gauges[name] = gauges.get(name, 0) + value
+        for name, hist in snap.get("histograms", {}).items():
+            hists.setdefault(name, []).append(hist)
+        latest = max(latest, snap.get("time", 0.0))
+    return {
+        "counters": counters,
+        "gauges": gauges,
+        "histograms": {name: merge_snapshots(parts) for name, parts in hists.items()},
+        "time": latest,
+    }
+
+
+def summary(snap: Mapping[str, Any]) -> dict[str, Any]:
+    """Name to value (counters, gauges) or to count/mean/p50/p90/p99/max (histograms)."""
+    out: dict[str, Any] = {}
+    out.update(snap.get("counters", {}))
+    out.update(snap.get("gauges", {}))
+    for name, hist in snap.get("histograms", {}).items():
+        out[name] = describe(hist)
+    return out

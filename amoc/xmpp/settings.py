@@ -1,0 +1,135 @@
+"""The parameters of amoc.xmpp and their resolution into one `Settings` per connection.
+
+Values come from `amoc_config` (environment `AMOC_XMPP_*`, run-time `set`, app.config,
+then the defaults below); `connect(user_id, **overrides)` may override any of them by the
+short name (`port=...`, `password=...`). Durations are in milliseconds, as everywhere in amoc.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from amoc.config import Config, Param, amoc_config, param
+from amoc.errors import ConfigError
+
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-1")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _non_empty(value: Any) -> str:
+    text = _text(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    if any(c.isspace() for c in text) or "@" in text or "/" in text:
+        raise ValueError("must not contain spaces, '@' or '/'")
+    return text
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected a port number, got {value!r}")
+    if not 1 <= value <= 65535:
+        raise ValueError("must be between 1 and 65535")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise TypeError(f"expected true or false, got {value!r}")
+
+
+def _sasl(value: Any) -> str:
+    mech = _text(value).strip().upper()
+    if mech not in SASL_MECHANISMS:
+        raise ValueError(f"must be one of {', '.join(SASL_MECHANISMS)}")
+    return mech
+
+
+def _positive_ms(value: Any) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected milliseconds as a number, got {type(value).__name__}")
+    if not value > 0 or math.isinf(value):
+        raise ValueError("must be a finite number of ms > 0")
+    return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+PARAMETERS: list[Param] = [
+    param("xmpp_host", "127.0.0.1", "XMPP server address to connect to", _non_empty),
+    param("xmpp_port", 5222, "XMPP client port (plain TCP, STARTTLS if xmpp_tls)", _port),
+    param("xmpp_domain", "localhost", "XMPP domain of the users' JIDs", _non_empty),
+    param("xmpp_tls", False, "negotiate STARTTLS (else plain TCP, PLAIN allowed)", _flag),
+    param("xmpp_tls_verify", False, "verify the server certificate when xmpp_tls", _flag),
+    param("xmpp_sasl", "PLAIN", "SASL mechanism: PLAIN or SCRAM-SHA-1", _sasl),
+    param("xmpp_username_prefix", "user_", "account name = prefix + user id", _text),
+    param("xmpp_password_prefix", "password_", "password = prefix + user id", _text),
+    param("xmpp_resource", "amoc", "resource to bind (empty: the server picks)", _text),
+    param("xmpp_connect_timeout", 10_000, "ms allowed for connect + auth + bind", _positive_ms),
+    param("xmpp_reply_timeout", 5_000, "ms to wait for a presence echo", _positive_ms),
+    param("xmpp_stop_timeout", 5_000, "ms allowed for a clean stream close", _positive_ms),
+    param("xmpp_inbox_size", 100, "received messages kept for wait_message (0: none)", _count),
+]
+
+_BY_SHORT_NAME = {p.name.removeprefix("xmpp_"): p for p in PARAMETERS}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything one connection needs, resolved and verified."""
+
+    host: str
+    port: int
+    domain: str
+    tls: bool
+    tls_verify: bool
+    sasl: str
+    username_prefix: str
+    password_prefix: str
+    resource: str
+    connect_timeout: float
+    reply_timeout: float
+    stop_timeout: float
+    inbox_size: int
+
+
+_FIELDS = {f.name for f in fields(Settings)}
+
+
+def settings(config: Config | None = None, **overrides: Any) -> Settings:
+    """Resolve the parameters from `config` (default: the node's), then apply `overrides`."""
+    cfg = config or amoc_config
+    values: dict[str, Any] = {}
+    for short, p in _BY_SHORT_NAME.items():
+        found = cfg.lookup(p.name)
+        values[short] = p.check(found[0], found[1]) if found is not None else p.default
+    result = Settings(**values)
+    return with_overrides(result, overrides) if overrides else result
+
+
+def with_overrides(base: Settings, overrides: dict[str, Any]) -> Settings:
+    """A copy of `base` with verified overrides given by short name (`port`, `sasl`, ...)."""
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        p = _BY_SHORT_NAME.get(key)
+        if p is None or key not in _FIELDS:
+            known = ", ".join(sorted(_BY_SHORT_NAME))
+            raise ConfigError(f"unknown xmpp setting {key!r}; known: {known}")
+        changes[key] = p.check(value, f"override {key}=")
+    return replace(base, **changes)

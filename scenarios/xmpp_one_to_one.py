@@ -1,0 +1,129 @@
+"""One-to-one chat: pairs of users send each other stamped messages; TTD is recorded.
+
+Each run of a user: log in, send presence (and wait for its echo), send `messages_per_user`
+chat messages to its neighbour, one every `message_interval` ms, then wait (at most
+`receive_timeout` ms) until everything the neighbour has sent so far has arrived, and log out.
+
+Neighbours are pairs: 1 <-> 2, 3 <-> 4, ... (odd n talks with n + 1, even n with n - 1).
+Run an even number of users starting at an odd id and every message sent is received:
+messages to a neighbour that is not online yet are kept by the server (mod_offline) and
+delivered when it sends presence, and nobody logs out before it has received all of its
+neighbour's messages. The count is cumulative over repeats (run k of a user expects
+k * messages_per_user from its neighbour), so overlapping repeats lose nothing either.
+A user whose neighbour never comes (odd count) gives up after `receive_timeout` and counts
+`one_to_one.incomplete`; so does any user that does not get everything in time.
+
+Messages stamped more than `STALE_MARGIN_S` before this node's `init` were left in offline
+storage by an earlier, interrupted run: they count as `one_to_one.stale`, not as received
+(so the clocks of the load nodes must agree within that margin).
+
+Metrics: the xmpp.* set of amoc.xmpp (logins, messages sent / received, xmpp.ttd_ms; TTD
+includes the time a message waited in offline storage), plus one_to_one.received (fresh
+messages), one_to_one.stale and one_to_one.incomplete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from amoc import metrics, xmpp
+from amoc.config import amoc_config, non_negative_ms, param
+from amoc.xmpp import stamp
+
+log = logging.getLogger("amoc.scenario.xmpp_one_to_one")
+
+STALE_MARGIN_S = 5
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+PARAMETERS = [
+    *xmpp.PARAMETERS,
+    param("messages_per_user", 10, "chat messages each user sends per run", _count),
+    param("message_interval", 1000, "ms between two messages of one user", non_negative_ms),
+    param(
+        "receive_timeout",
+        30_000,
+        "ms a user waits, after its last send, for its neighbour's messages",
+        non_negative_ms,
+    ),
+]
+
+
+def neighbour(user_id: int) -> int:
+    """The user `user_id` talks with: 1 <-> 2, 3 <-> 4, ..."""
+    return user_id + 1 if user_id % 2 else user_id - 1
+
+
+@dataclass
+class Progress:
+    """This node's run: when it began, and per user the runs started and messages received."""
+
+    since_us: int = field(default_factory=lambda: stamp.now_us() - STALE_MARGIN_S * 1_000_000)
+    runs: dict[int, int] = field(default_factory=dict)
+    received: dict[int, int] = field(default_factory=dict)
+
+
+def init() -> Progress:
+    """Fresh counters for this run of the scenario on this node."""
+    return Progress()
+
+
+async def start(user_id: int, progress: Progress) -> None:
+    """One session of `user_id`: log in, chat with the neighbour, wait for its messages."""
+    count = amoc_config.get("messages_per_user")
+    interval = amoc_config.get("message_interval") / 1000.0
+    run = progress.runs.get(user_id, 0) + 1
+    progress.runs[user_id] = run
+    peer = neighbour(user_id)
+    inbox_size = max(amoc_config.get("xmpp_inbox_size"), 2 * count + 10)
+    client = await xmpp.connect(user_id, inbox_size=inbox_size)
+
+    def absorb(messages: list[xmpp.Message]) -> None:
+        fresh = 0
+        for msg in messages:
+            if msg.sent_us is not None and msg.sent_us >= progress.since_us:
+                fresh += 1
+            else:
+                metrics.counter("one_to_one.stale").inc()
+        if fresh:
+            progress.received[user_id] = progress.received.get(user_id, 0) + fresh
+            metrics.counter("one_to_one.received").inc(fresh)
+
+    try:
+        await client.send_presence()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for i in range(count):
+            delay = began + i * interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            client.send_chat(peer)
+            absorb(client.take_messages())
+        expected = run * count
+        deadline = loop.time() + amoc_config.get("receive_timeout") / 1000.0
+        try:
+            while progress.received.get(user_id, 0) < expected:
+                remaining_ms = max(0.0, deadline - loop.time()) * 1000.0
+                absorb([await client.wait_message(timeout_ms=remaining_ms)])
+        except xmpp.ReceiveTimeout:
+            metrics.counter("one_to_one.incomplete").inc()
+            log.warning(
+                "user %d: got %d of the %d messages user %d sent",
+                user_id,
+                progress.received.get(user_id, 0),
+                expected,
+                peer,
+            )
+    finally:
+        await client.stop()
+        # Messages that arrived while the stream was closing count too.
+        absorb(client.take_messages())
