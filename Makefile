@@ -17,12 +17,7 @@ help:
 # System packages the tests, the demo and the benchmarks use (Debian).
 DEBS := ejabberd graphite-carbon tmux
 deps:
-	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || DEBS_EXTRA=python3-venv; \
-	missing="$$DEBS_EXTRA"; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	tools/deps.sh $(DEBS)
 
 $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +45,7 @@ test: deps dev rel lint
 
 bench: deps dev rel
 	$(PY) bench/bench_runner.py
+	$(PY) bench/bench_xmpp.py
 
 clean:
 	rm -rf _rel _build build *.egg-info

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.xmpp_fixture import xmpp_server  # noqa: F401 - a fixture for every layer
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

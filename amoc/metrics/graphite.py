@@ -57,6 +57,7 @@ class GraphiteReporter:
         self.sent_lines = 0
         self.dropped_lines = 0
         self.connected = False
+        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._previous: dict[str, Any] | None = None
         self._events: list[dict[str, Any]] = []
@@ -143,6 +144,10 @@ class GraphiteReporter:
     async def _send(self) -> None:
         if not self.buffer:
             return
+        if self._closed_by_carbon():
+            # Writing to a connection carbon has closed "succeeds" locally and the lines are
+            # lost (carbon answers with a reset); reconnect first, or keep them buffered.
+            await self._close()
         if self._writer is None and not await self._connect():
             return
         assert self._writer is not None
@@ -160,13 +165,13 @@ class GraphiteReporter:
 
     async def _connect(self) -> bool:
         try:
-            _, writer = await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT
             )
         except (TimeoutError, OSError) as exc:
             self._lost(f"cannot connect: {exc or type(exc).__name__}")
             return False
-        self._writer = writer
+        self._reader, self._writer = reader, writer
         if self._warned:
             log.warning(
                 "graphite %s:%d is back; sending %d buffered lines",
@@ -189,7 +194,14 @@ class GraphiteReporter:
             )
             self._warned = True
 
+    def _closed_by_carbon(self) -> bool:
+        # Carbon never writes on the plaintext port: end of stream means it hung up.
+        if self._writer is None:
+            return False
+        return self._writer.is_closing() or (self._reader is not None and self._reader.at_eof())
+
     async def _close(self) -> None:
+        self._reader = None
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()

@@ -308,10 +308,18 @@ class Client:
             await self._wait_until(lambda: echoed, timeout_ms, "echo of its presence")
 
     def send_chat(self, to: int | str, body: str | None = None) -> None:
-        """Send a stamped chat message to user id `to` (its bare JID) or to a JID string."""
+        """Send a stamped chat message to user id `to` or to a JID string.
+
+        A user id is addressed by its full JID (with xmpp_resource): a message to a bare JID
+        whose session is bound but has not sent presence yet goes to offline storage, and
+        ejabberd may store it after that presence has already emptied the storage (lost).
+        """
         xmpp = self._live()
         self.sent += 1
-        target = f"'{naming.jid(to, self.settings)}'" if isinstance(to, int) else quoteattr(to)
+        if isinstance(to, int):
+            target = f"'{naming.jid(to, self.settings, resource=True)}'"
+        else:
+            target = quoteattr(to)
         text = f"message {self.sent} from {self.username}" if body is None else escape(body)
         xmpp.send_raw(
             f"<message to={target} type='chat' id='{self.user_id}-{self.sent}'>"

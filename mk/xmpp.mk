@@ -1,0 +1,37 @@
+# A local ejabberd for the demo, the tests and the benchmarks (tools/xmpp_server.py).
+XMPP_NAME      ?= demo
+XMPP_PORT      ?= 5222
+XMPP_HTTP_PORT ?= 5280
+XMPP_TOOL      := $(PYTHON) tools/xmpp_server.py
+
+DEMO_USERS     ?= 1000
+DEMO_RATE      ?= 200
+DEMO_MESSAGES  ?= 10
+
+.PHONY: xmpp-install xmpp-start xmpp-stop xmpp-status xmpp-register
+
+xmpp-install:
+	$(XMPP_TOOL) install
+
+xmpp-start: xmpp-install
+	$(XMPP_TOOL) start --name $(XMPP_NAME) --port $(XMPP_PORT) --http-port $(XMPP_HTTP_PORT)
+
+xmpp-stop:
+	$(XMPP_TOOL) stop --name $(XMPP_NAME)
+
+xmpp-status:
+	$(XMPP_TOOL) status --name $(XMPP_NAME)
+
+xmpp-register:
+	$(XMPP_TOOL) register --name $(XMPP_NAME) --first 1 --last $(DEMO_USERS)
+
+# The main job: DEMO_USERS users log in to a local ejabberd, each sends DEMO_MESSAGES chat
+# messages to its neighbour (one a second) and records time to delivery; then a report.
+demo: deps dev rel
+	@$(MAKE) --no-print-directory xmpp-start
+	@set -e; trap '$(XMPP_TOOL) stop --name $(XMPP_NAME)' EXIT; \
+	$(XMPP_TOOL) register --name $(XMPP_NAME) --first 1 --last $(DEMO_USERS); \
+	$(REL)/bin/amoc --name demo run xmpp_one_to_one --users $(DEMO_USERS) --rate $(DEMO_RATE) \
+		--duration 300 --comment "make demo" \
+		--set xmpp_port=$(XMPP_PORT) --set repeat_num=1 \
+		--set messages_per_user=$(DEMO_MESSAGES) --set message_interval=1000
