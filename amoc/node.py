@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import logging.handlers
 import os
@@ -33,6 +34,14 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+def tune_gc() -> None:
+    """Collect young objects less often: with many users the collector's passes dominate.
+
+    Measured with 2000 XMPP users (bench/bench_xmpp.py): logins/s up 1.5-2x, p99 TTD down.
+    """
+    gc.set_threshold(100_000, 50, 100)
 
 
 class _OneLine(logging.Formatter):
@@ -103,6 +112,7 @@ class Node:
         self.config.load_app(self.home.app_config)
         self.config.declare(metrics.PARAMETERS)
         install_streams()
+        tune_gc()
         self._thread = threading.Thread(target=self._run, name="amoc-loop", daemon=True)
         self._thread.start()
         self._ready.wait()

@@ -31,6 +31,10 @@ user_log = logging.getLogger("amoc.user")
 
 # Users spawned back to back (interarrival 0) yield to the loop this often.
 _SPAWN_BATCH = 200
+# A spawner behind its schedule by less than this starts users without waiting, so that an
+# interarrival shorter than the loop's latency still gives its rate; further behind (a
+# stalled loop), it restarts the schedule rather than release a burst.
+_CATCH_UP_S = 0.05
 
 
 class State(enum.Enum):
@@ -307,10 +311,17 @@ class Controller:
             next_at += interarrival
             delay = next_at - loop.time()
             if delay > 0:
+                burst = 0
                 await asyncio.sleep(delay)
-            elif delay < -interarrival:
-                # Far behind (a busy loop): do not make up with a burst of users.
+            elif delay < -max(interarrival, _CATCH_UP_S):
+                # Far behind (a stalled loop): do not make up with a burst of users.
                 next_at = loop.time()
+            else:
+                # A little behind (an interarrival below the loop's latency): keep the rate.
+                burst += 1
+                if burst >= _SPAWN_BATCH:
+                    burst = 0
+                    await asyncio.sleep(0)
 
     def _start_user(self, uid: int) -> None:
         user = _User(uid)

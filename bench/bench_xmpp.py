@@ -119,7 +119,7 @@ async def amoc_case(args: argparse.Namespace) -> dict[str, Any]:
         "messages_per_user": args.messages,
         "message_interval": args.interval,
         "receive_timeout": 30_000,
-        "interarrival": 0,
+        "interarrival": args.interarrival,
         "repeat_num": 1,
     }
     probe = Probe(
@@ -264,6 +264,8 @@ def run_child(case: str, args: argparse.Namespace, users: int, first: int) -> di
         args.domain,
         "--deadline",
         str(args.deadline),
+        "--interarrival",
+        str(args.interarrival),
     ]
     done = subprocess.run(
         cmd, capture_output=True, text=True, timeout=args.deadline * 2 + 60, cwd=ROOT
@@ -326,6 +328,13 @@ def main() -> None:
     p.add_argument("--naive-users", type=int, default=100, help="naive slixmpp users (even)")
     p.add_argument("--messages", type=int, default=20, help="messages per user")
     p.add_argument("--interval", type=int, default=1000, help="ms between a user's messages")
+    p.add_argument(
+        "--interarrival",
+        type=float,
+        default=0.25,
+        help="ms between two user starts: above the login rate reached, it caps nothing, and "
+        "it spreads the users' send times over the message interval",
+    )
     p.add_argument("--deadline", type=float, default=180.0, help="seconds allowed per case")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=35222)
@@ -344,6 +353,10 @@ def main() -> None:
     runner: Callable[[argparse.Namespace], Awaitable[dict[str, Any]]]
     if args.child == "amoc":
         import uvloop
+
+        from amoc.node import tune_gc
+
+        tune_gc()  # what a node does
 
         runner = amoc_case
         result = uvloop.run(runner(args))
