@@ -100,6 +100,15 @@ def non_negative_ms(value: Any) -> float | int:
     return value
 
 
+def non_negative_int(value: Any) -> int:
+    """Verify a count: an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 def repeat_count(value: Any) -> float | int:
     """Verify a repeat count: an integer >= 1 or infinity (`"infinity"`, `math.inf`)."""
     if isinstance(value, str) and value.strip().lower() in ("infinity", "inf"):

@@ -30,7 +30,7 @@ import logging
 from dataclasses import dataclass, field
 
 from amoc import metrics, xmpp
-from amoc.config import amoc_config, non_negative_ms, param
+from amoc.config import amoc_config, non_negative_int, non_negative_ms, param
 from amoc.xmpp import stamp
 
 log = logging.getLogger("amoc.scenario.xmpp_one_to_one")
@@ -38,17 +38,9 @@ log = logging.getLogger("amoc.scenario.xmpp_one_to_one")
 STALE_MARGIN_S = 5
 
 
-def _count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {value!r}")
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
 PARAMETERS = [
     *xmpp.PARAMETERS,
-    param("messages_per_user", 10, "chat messages each user sends per run", _count),
+    param("messages_per_user", 10, "chat messages each user sends per run", non_negative_int),
     param("message_interval", 1000, "ms between two messages of one user", non_negative_ms),
     param(
         "receive_timeout",

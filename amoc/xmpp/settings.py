@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from amoc.config import Config, Param, amoc_config, param
+from amoc.config import Config, Param, amoc_config, non_negative_int, param
 from amoc.errors import ConfigError
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-1")
@@ -63,14 +63,6 @@ def _positive_ms(value: Any) -> float | int:
     return value
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an integer, got {value!r}")
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
 PARAMETERS: list[Param] = [
     param("xmpp_host", "127.0.0.1", "XMPP server address to connect to", _non_empty),
     param("xmpp_port", 5222, "XMPP client port (plain TCP, STARTTLS if xmpp_tls)", _port),
@@ -84,7 +76,7 @@ PARAMETERS: list[Param] = [
     param("xmpp_connect_timeout", 10_000, "ms allowed for connect + auth + bind", _positive_ms),
     param("xmpp_reply_timeout", 5_000, "ms to wait for a presence echo", _positive_ms),
     param("xmpp_stop_timeout", 5_000, "ms allowed for a clean stream close", _positive_ms),
-    param("xmpp_inbox_size", 100, "received messages kept for wait_message (0: none)", _count),
+    param("xmpp_inbox_size", 100, "messages kept for wait_message (0: none)", non_negative_int),
 ]
 
 _BY_SHORT_NAME = {p.name.removeprefix("xmpp_"): p for p in PARAMETERS}
