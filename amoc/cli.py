@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from amoc import __version__, metrics
@@ -126,11 +127,36 @@ def cmd_status(home: Home, args: argparse.Namespace) -> int:
     ctl = answer["controller"]
     users = ctl["users"]
     print(f"node {answer['name']!r} running (pid {answer['pid']})")
+    if answer.get("cluster"):
+        from amoc.dist import ClusterReply
+
+        print("  cluster: " + repr(ClusterReply(answer["cluster"])).replace("\n", "\n  "))
+        return 0
     print(f"  state: {ctl['state']}" + (f", scenario {ctl['scenario']}" if ctl["scenario"] else ""))
     print(
         f"  users: {users['running']} running, {users['pending']} pending, "
         f"{users['started']} started, {users['finished']} finished, "
         f"{users['removed']} removed, {users['failed_runs']} failed runs"
+    )
+    return 0
+
+
+def cmd_keys(home: Home, args: argparse.Namespace) -> int:
+    """Make the cluster's CURVE keys (master and nodes) in a directory."""
+    from amoc.cluster import keys
+
+    directory = Path(args.dir) if args.dir else home.root / "keys"
+    try:
+        written = keys.generate(directory, force=args.force)
+    except AmocError as exc:
+        print(f"amoc: {exc}", file=sys.stderr)
+        return 1
+    print(f"cluster keys in {directory}:")
+    for path in written:
+        print(f"  {path.name}")
+    print(
+        "the master needs master.key_secret and node.key; "
+        "every slave needs node.key_secret and master.key"
     )
     return 0
 
@@ -234,6 +260,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--comment", default="", help="annotation comment")
     run.add_argument("--set", action="append", metavar="NAME=VALUE", help="a config value")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
+    keys = sub.add_parser("keys", help="make the cluster's CURVE keys")
+    keys.add_argument("dir", nargs="?", help="where (default: the release's keys/)")
+    keys.add_argument("--force", action="store_true", help="replace existing keys")
     sub.add_parser("_daemon", help=argparse.SUPPRESS)
     return top
 
@@ -245,6 +274,7 @@ COMMANDS = {
     "stop": cmd_stop,
     "status": cmd_status,
     "run": cmd_run,
+    "keys": cmd_keys,
     "_daemon": cmd_daemon,
 }
 

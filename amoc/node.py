@@ -9,16 +9,22 @@ import logging
 import logging.handlers
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from amoc import __version__, metrics
 from amoc import scenario as scenario_mod
+from amoc.cluster import settings as cluster_settings
+from amoc.cluster.master import Master
+from amoc.cluster.slave import SlaveLink
 from amoc.config import Config, amoc_config
 from amoc.console import BANNER, LEAVE_ATTACHED, Session, install_streams
 from amoc.control import Client, Connection, serve
+from amoc.dist import AmocDist, ClusterReply, NodeTable
 from amoc.errors import AmocError, NodeError
 from amoc.home import Home
 from amoc.local import AmocLocal, Reply
@@ -92,6 +98,8 @@ class Node:
         self.loop = new_event_loop()
         self.controller: Controller | None = None
         self.metrics_service: Any = None
+        self.master: Master | None = None
+        self.slave: SlaveLink | None = None
         self.stopped = threading.Event()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -111,6 +119,7 @@ class Node:
         self.home.make_dirs()
         self.config.load_app(self.home.app_config)
         self.config.declare(metrics.PARAMETERS)
+        self.config.declare(cluster_settings.PARAMETERS)
         install_streams()
         tune_gc()
         self._thread = threading.Thread(target=self._run, name="amoc-loop", daemon=True)
@@ -158,13 +167,26 @@ class Node:
             """The scenarios this node can run."""
             return scenario_mod.available(self.scenario_dirs())
 
-        return {
+        space: dict[str, Any] = {
             "amoc_local": local,
             "amoc_config": self.config,
             "status": status,
             "scenarios": scenarios,
             "metrics": metrics,
         }
+        if self.master is not None:
+            dist = AmocDist(self.master, self.call)
+
+            def cluster_status() -> ClusterReply:
+                """The cluster: the run, every node, the totals."""
+                return dist.status()
+
+            def nodes() -> NodeTable:
+                """Every slave node: up or down, users, errors, last heartbeat."""
+                return dist.nodes()
+
+            space.update(amoc_dist=dist, status=cluster_status, nodes=nodes)
+        return space
 
     def scenario_dirs(self) -> list[Any]:
         """Uploaded scenarios first (they may replace bundled ones), then bundled ones."""
@@ -200,6 +222,7 @@ class Node:
         self.controller = Controller(self.scenario_dirs(), self.config)
         self.metrics_service = metrics.MetricsService(self.config)
         await self.metrics_service.start()
+        await self._join_cluster()
         server = await serve(self.home.socket, self._handle)
         self._ready.set()
         try:
@@ -207,10 +230,30 @@ class Node:
         finally:
             log.info("node %s stopping", self.home.name)
             server.close()
+            if self.slave is not None:
+                await self.slave.stop()
+            if self.master is not None:
+                await self.master.close()
             await self.controller.close()
             await self.metrics_service.stop()
             with contextlib.suppress(FileNotFoundError):
                 self.home.socket.unlink()
+
+    async def _join_cluster(self) -> None:
+        assert self.controller is not None
+        role = self.config.get("cluster_role")
+        if role == "local":
+            return
+        keys_dir = Path(self.config.get("cluster_keys") or self.home.root / "keys")
+        if role == "master":
+            self.master = Master(self.config, keys_dir, self.scenario_dirs())
+            await self.master.start()
+        else:
+            name = f"{self.home.name}@{socket.gethostname()}"
+            self.slave = SlaveLink(
+                name, self.controller, self.config, keys_dir, self.home.uploaded_dir
+            )
+            await self.slave.start()
 
     async def _handle(self, request: dict[str, Any], conn: Connection) -> dict[str, Any] | None:
         assert self.controller is not None
@@ -223,6 +266,7 @@ class Node:
                 "pid": os.getpid(),
                 "controller": self.controller.status(),
                 "metrics": metrics.summary(metrics.REGISTRY.snapshot()),
+                "cluster": self.master.status() if self.master is not None else None,
             }
         if op == "stop":
             asyncio.get_running_loop().call_later(0.05, self._stop_soon)

@@ -65,6 +65,8 @@ class Registry:
         self.histograms: dict[str, Histogram] = {}
         self.annotations: deque[dict[str, Any]] = deque(maxlen=ANNOTATIONS_KEPT)
         self._listeners: list[Any] = []
+        # A master keeps here the latest snapshot of each slave (by node name).
+        self.remote: dict[str, Mapping[str, Any]] = {}
 
     def counter(self, name: str) -> Counter:
         """The counter called `name`, created at 0 when new."""
@@ -115,7 +117,14 @@ class Registry:
             self._listeners.remove(listener)
 
     def snapshot(self) -> dict[str, Any]:
-        """A plain copy of every value, fit for msgpack, JSON and `merge`."""
+        """This node's values merged with its remote nodes' (a master's cluster view)."""
+        local = self.local_snapshot()
+        if not self.remote:
+            return local
+        return merge([local, *self.remote.values()])
+
+    def local_snapshot(self) -> dict[str, Any]:
+        """A plain copy of this node's own values, fit for msgpack, JSON and `merge`."""
         with self._lock:
             return {
                 "counters": {n: c.value for n, c in self.counters.items()},
@@ -134,6 +143,7 @@ class Registry:
             for h in self.histograms.values():
                 h.reset()
             self.annotations.clear()
+            self.remote.clear()
 
 
 def merge(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

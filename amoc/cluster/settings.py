@@ -1,0 +1,61 @@
+"""The cluster's configuration parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amoc.config import Param, non_negative_ms
+
+
+def _role(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in ("local", "master", "slave"):
+        raise ValueError(f"must be 'local', 'master' or 'slave', got {value!r}")
+    return value.strip().lower()
+
+
+def _endpoint(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("tcp://") or ":" not in value[6:]:
+        raise ValueError(f"must be a ZeroMQ endpoint like 'tcp://127.0.0.1:4200', got {value!r}")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a path or None, got {type(value).__name__}")
+    return value
+
+
+def _capacity(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def _positive_ms(value: Any) -> float:
+    value = non_negative_ms(value)
+    if value < 50:
+        raise ValueError("must be at least 50 ms")
+    return float(value)
+
+
+PARAMETERS: tuple[Param, ...] = (
+    Param("cluster_role", "local", "local (no cluster), master or slave", _role),
+    Param("cluster_bind", "tcp://127.0.0.1:4200", "where the master listens for slaves", _endpoint),
+    Param("cluster_master", "tcp://127.0.0.1:4200", "the master a slave dials", _endpoint),
+    Param(
+        "cluster_keys",
+        None,
+        "directory of the cluster's CURVE keys (default: the release's keys/)",
+        _optional_text,
+    ),
+    Param("cluster_capacity", 1.0, "this slave's weight for the weighted strategy", _capacity),
+    Param("cluster_heartbeat", 1000, "ms between two heartbeats, both ways", _positive_ms),
+    Param(
+        "cluster_down_after",
+        3000,
+        "ms without a heartbeat after which a node is marked down",
+        _positive_ms,
+    ),
+)

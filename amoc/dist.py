@@ -1,0 +1,131 @@
+"""`amoc_dist` and `nodes()`: the console's face of the master (the same verbs as amoc_local)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from amoc.cluster.master import Master
+from amoc.local import Call
+
+
+class ClusterReply(dict[str, Any]):
+    """A cluster command's answer: a plain dict that prints as a few readable lines."""
+
+    def __repr__(self) -> str:
+        users = self.get("users", {})
+        nodes = self.get("nodes", {})
+        text = f"{self.get('state')}"
+        if self.get("scenario"):
+            text += f" {self['scenario']}"
+        text += (
+            f": {users.get('placed', 0)} placed, {users.get('running', 0)} running, "
+            f"{users.get('pending', 0)} pending, {users.get('lost', 0)} lost, "
+            f"{users.get('errors', 0)} errors; nodes {nodes.get('up', 0)} up, "
+            f"{nodes.get('down', 0)} down"
+        )
+        if isinstance(self.get("removed"), dict):
+            count = sum(len(ids) for ids in self["removed"].values())
+            text = f"removed {count} users ({'force' if self['force'] else 'gentle'}); " + text
+        return text + "\n" + repr(NodeTable(self.get("node", [])))
+
+
+class NodeTable(list[dict[str, Any]]):
+    """Nodes as a table."""
+
+    def __repr__(self) -> str:
+        if not self:
+            return "no slave node has joined yet"
+        rows = [("node", "host", "up", "running", "pending", "errors", "heartbeat", "state")]
+        for n in self:
+            rows.append(
+                (
+                    n["name"],
+                    n["host"],
+                    "up" if n["up"] else "DOWN",
+                    str(n["running"]),
+                    str(n["pending"]),
+                    str(n["errors"]),
+                    f"{n['last_heartbeat_s']:.1f}s ago",
+                    f"{n['state'] or ''} {n['scenario'] or ''}".strip(),
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows
+        )
+
+
+class AmocDist:
+    """Run a scenario over the slave nodes: do, add, remove, stop, status, placement."""
+
+    def __init__(self, master: Master, call: Call) -> None:
+        self._master = master
+        self._call = call
+
+    def do(
+        self,
+        scenario: str,
+        first: int,
+        last: int,
+        nodes: list[str] | None = None,
+        comment: str = "",
+        settings: dict[str, Any] | None = None,
+        strategy: str = "round_robin",
+        rebalance: bool = False,
+    ) -> ClusterReply:
+        """Start users first..last spread over `nodes` (default: every slave that is up)."""
+        return ClusterReply(
+            self._call(
+                self._master.do(
+                    scenario, first, last, nodes, comment, settings, strategy, rebalance
+                )
+            )
+        )
+
+    def add(self, count: int) -> ClusterReply:
+        """Start `count` more users with the next ids, continuing the rotation."""
+        return ClusterReply(self._call(self._master.add(count)))
+
+    def remove(self, count: int, force: bool = False) -> ClusterReply:
+        """Remove the `count` newest users wherever they run; `force=True` kills them now."""
+        return ClusterReply(self._call(self._master.remove(count, force)))
+
+    def stop(self) -> ClusterReply:
+        """Stop the scenario on every node."""
+        return ClusterReply(self._call(self._master.stop()))
+
+    def status(self) -> ClusterReply:
+        """The cluster now."""
+        return ClusterReply(self._call(_now(self._master.status)))
+
+    def placement(self) -> dict[str, list[int]]:
+        """Node -> ids placed on it."""
+        result: dict[str, list[int]] = self._call(_now(self._master.placement))
+        return result
+
+    def nodes(self) -> NodeTable:
+        """Every slave the master knows: up or down, users, errors, last heartbeat."""
+        return NodeTable(self._call(_now(self._master.node_views)))
+
+    def wait(self, running: int, timeout: float = 60.0) -> ClusterReply:
+        """Wait until `running` users run over the cluster (or `timeout` s); the status."""
+        deadline = time.monotonic() + timeout
+        status = self.status()
+        while status["users"]["running"] < running and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = self.status()
+        return status
+
+    def __repr__(self) -> str:
+        return (
+            "amoc_dist: do(scenario, first, last, nodes=None, comment='', settings=None, "
+            "strategy='round_robin', rebalance=False), add(count), remove(count, force=False), "
+            "stop(), status(), placement(), wait(running)"
+        )
+
+
+async def _now(read: Callable[[], Any]) -> Any:
+    """Run a read of the master's state inside its loop (the only thread that changes it)."""
+    return read()

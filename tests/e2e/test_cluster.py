@@ -1,0 +1,273 @@
+"""The cluster from the release: a master console, three slave processes, CURVE keys."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.auth
+
+from tests.e2e.terminal import Terminal, amoc
+
+pytestmark = pytest.mark.e2e
+
+HOST = socket.gethostname()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+@dataclass
+class Cluster:
+    """A master console and slave nodes, all from one release, on one port of loopback."""
+
+    release: Path
+    tag: str
+    endpoint: str
+    keys: Path
+    slaves: list[str] = field(default_factory=list)
+    master: Terminal | None = None
+
+    def env(self, role: str, keys: Path | None = None) -> dict[str, str]:
+        return {
+            "AMOC_CLUSTER_ROLE": role,
+            "AMOC_CLUSTER_BIND": self.endpoint,
+            "AMOC_CLUSTER_MASTER": self.endpoint,
+            "AMOC_CLUSTER_KEYS": str(keys or self.keys),
+            "AMOC_CLUSTER_HEARTBEAT": "300",
+            "AMOC_CLUSTER_DOWN_AFTER": "2000",
+            "AMOC_INTERARRIVAL": "0",
+            "AMOC_DUMMY_WAIT": "600000",
+        }
+
+    def name(self, i: int) -> str:
+        return f"{self.tag}s{i}"
+
+    def node(self, i: int) -> str:
+        """The cluster's name for slave i."""
+        return f"{self.name(i)}@{HOST}"
+
+    def start_master(self) -> Terminal:
+        args = ["--name", f"{self.tag}m", "console"]
+        self.master = Terminal(self.release, args, self.env("master"))
+        return self.master
+
+    def start_slave(self, i: int, keys: Path | None = None) -> None:
+        done = amoc(self.release, "--name", self.name(i), "start", env=self.env("slave", keys))
+        assert done.returncode == 0, done.stderr
+        self.slaves.append(self.name(i))
+
+    def up(self) -> list[str]:
+        assert self.master is not None
+        nodes = self.master.value('[n["name"] for n in nodes() if n["up"]]')
+        assert isinstance(nodes, list)
+        return nodes
+
+    def slave_pid(self, i: int) -> int:
+        return int((self.release / "run" / self.name(i) / "node.pid").read_text())
+
+    def slave_users(self, i: int) -> list[int]:
+        """The ids running on slave i, asked on its own console (attach)."""
+        term = Terminal(self.release, ["--name", self.name(i), "attach"], {})
+        try:
+            users = term.value("amoc_local.users()")
+        finally:
+            term.leave()
+        assert isinstance(users, list)
+        return users
+
+    def log(self, name: str) -> str:
+        path = self.release / "log" / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def cluster(release: Path, tmp_path: Path) -> Iterator[Cluster]:
+    tag = f"c{os.getpid() % 10000}{int(time.time() * 1000) % 10000}"
+    keys = tmp_path / "keys"
+    made = amoc(release, "keys", str(keys))
+    assert made.returncode == 0, made.stderr
+    c = Cluster(release, tag, f"tcp://127.0.0.1:{free_port()}", keys)
+    try:
+        yield c
+    finally:
+        if c.master is not None and c.master.child.isalive():
+            c.master.leave()
+        for name in c.slaves:
+            amoc(release, "--name", name, "stop")
+
+
+def test_round_robin_add_remove_and_config(cluster: Cluster) -> None:
+    term = cluster.start_master()
+    for i in (1, 2, 3):  # one at a time: join order is placement order
+        cluster.start_slave(i)
+        wait(lambda i=i: cluster.node(i) in cluster.up(), 15, f"slave {i} to join")
+    assert cluster.up() == [cluster.node(1), cluster.node(2), cluster.node(3)]
+
+    out = term.run('amoc_dist.do("dummy", 1, 9, comment="baseline")')
+    assert out.startswith("running dummy: 9 placed"), out
+    term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 9)
+    expected = {1: [1, 4, 7], 2: [2, 5, 8], 3: [3, 6, 9]}
+    for i, ids in expected.items():
+        assert cluster.slave_users(i) == ids
+    assert term.value("amoc_dist.placement()") == {cluster.node(i): v for i, v in expected.items()}
+
+    term.run("amoc_dist.add(4)")  # ids 10..13 continue the rotation: s1, s2, s3, s1
+    term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 13)
+    assert cluster.slave_users(1) == [1, 4, 7, 10, 13]
+    assert cluster.slave_users(2) == [2, 5, 8, 11]
+    assert cluster.slave_users(3) == [3, 6, 9, 12]
+
+    out = term.run("amoc_dist.remove(2, force=True)")  # 13 on s1, 12 on s3, killed now
+    assert out.startswith("removed 2 users (force)"), out
+    assert cluster.slave_users(1) == [1, 4, 7, 10]
+    assert cluster.slave_users(3) == [3, 6, 9]
+
+    # Gentle: a user in its (long) start is not cut short; it just does not start again.
+    term.run("amoc_dist.remove(1)")  # 11 on s2
+    assert cluster.slave_users(2) == [2, 5, 8]
+    status = term.value('amoc_dist.status()["users"]')
+    assert isinstance(status, dict) and status["placed"] == 10
+
+    # Run-time config reaches every slave.
+    term.run('amoc_config.set("repeat_interval", 1234)')  # not in the environment
+    for i in (1, 2, 3):
+        term2 = Terminal(cluster.release, ["--name", cluster.name(i), "attach"], {})
+        try:
+            wait(
+                lambda t=term2: t.value('amoc_config.get("repeat_interval")') == 1234, 10, "config"
+            )
+        finally:
+            term2.leave()
+
+    # Bad commands: clear errors, the run goes on.
+    assert "only 10 are placed" in term.run("amoc_dist.remove(50)")
+    assert "runs on the cluster" in term.run('amoc_dist.do("dummy", 1, 2)')
+    assert term.value('amoc_dist.status()["users"]["placed"]') == 10
+    term.run("amoc_dist.stop()")
+    term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 0)
+    assert "need 1 <= first <= last" in term.run('amoc_dist.do("dummy", 5, 2)')
+    assert "unknown nodes" in term.run('amoc_dist.do("dummy", 1, 3, nodes=["nope"])')
+    assert "not found" in term.run('amoc_dist.do("no_such_scenario", 1, 3)')
+
+
+def test_weighted_strategy_and_restricted_nodes(cluster: Cluster) -> None:
+    term = cluster.start_master()
+    for i in (1, 2):
+        cluster.start_slave(i)
+        wait(lambda i=i: cluster.node(i) in cluster.up(), 15, f"slave {i} to join")
+    out = term.run(f'amoc_dist.do("dummy", 1, 4, nodes=["{cluster.node(2)}"])')
+    assert out.startswith("running dummy: 4 placed"), out
+    term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 4)
+    assert cluster.slave_users(2) == [1, 2, 3, 4]
+    assert cluster.slave_users(1) == []
+    term.run("amoc_dist.stop()")
+    term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 0)
+    assert "unknown distribution strategy 'nope'" in term.run(
+        'amoc_dist.do("dummy", 1, 2, strategy="nope")'
+    )
+
+
+def test_a_killed_slave_is_marked_down_and_its_users_rebalanced(cluster: Cluster) -> None:
+    term = cluster.start_master()
+    for i in (1, 2, 3):
+        cluster.start_slave(i)
+        wait(lambda i=i: cluster.node(i) in cluster.up(), 15, f"slave {i} to join")
+    term.run('amoc_dist.do("dummy", 1, 30, rebalance=True)')
+    term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 30)
+    victim = cluster.slave_pid(3)
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait(lambda: cluster.node(3) not in cluster.up(), 10, "the killed slave to be marked down")
+    assert time.monotonic() - killed_at < 5
+    cluster.slaves.remove(cluster.name(3))
+    term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 30, timeout=15)
+    placement = term.value("amoc_dist.placement()")
+    assert isinstance(placement, dict) and set(placement) == {cluster.node(1), cluster.node(2)}
+    assert sorted(placement[cluster.node(1)] + placement[cluster.node(2)]) == list(range(1, 31))
+    assert sorted(cluster.slave_users(1) + cluster.slave_users(2)) == list(range(1, 31))
+    assert term.value('metrics.show()["cluster.users.lost"]') == 10
+    assert f"node {cluster.node(3)} is down" in cluster.log(f"{cluster.tag}m")
+
+    # A slave that joins mid-run is used by add.
+    cluster.start_slave(4)
+    wait(lambda: cluster.node(4) in cluster.up(), 15, "slave 4 to join")
+    term.run("amoc_dist.add(3)")
+    term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 33)
+    assert len(cluster.slave_users(4)) == 1
+
+
+def test_master_restart_keeps_the_users(cluster: Cluster) -> None:
+    term = cluster.start_master()
+    for i in (1, 2):
+        cluster.start_slave(i)
+        wait(lambda i=i: cluster.node(i) in cluster.up(), 15, f"slave {i} to join")
+    term.run('amoc_dist.do("dummy", 1, 10)')
+    term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 10)
+    term.leave()  # the master stops; slaves keep their users
+    assert cluster.slave_users(1) == [1, 3, 5, 7, 9]
+    term = cluster.start_master()
+    wait(lambda: len(cluster.up()) == 2, 15, "slaves to find the new master")
+    term.wait('amoc_dist.status()["users"]["placed"]', lambda n: n == 10)
+    assert term.value('amoc_dist.status()["scenario"]') == "dummy"
+    term.run("amoc_dist.add(2)")  # continues with ids 11, 12
+    term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 12)
+    assert sorted(cluster.slave_users(1) + cluster.slave_users(2)) == list(range(1, 13))
+
+
+def test_wrong_keys_and_bad_messages_are_refused(cluster: Cluster, tmp_path: Path) -> None:
+    term = cluster.start_master()
+    cluster.start_slave(1)
+    wait(lambda: cluster.node(1) in cluster.up(), 15, "slave 1 to join")
+    # An intruder knows the master's public key but not the cluster's node key.
+    other = tmp_path / "other"
+    assert amoc(cluster.release, "keys", str(other)).returncode == 0
+    shutil.copy(cluster.keys / "master.key", other / "master.key")
+    cluster.start_slave(9, keys=other)
+    wait(
+        lambda: "refused a node with an unknown CURVE key" in cluster.log(f"{cluster.tag}m"),
+        10,
+        "the refusal in the master's log",
+    )
+    wait(lambda: "refused this node's key" in cluster.log(cluster.name(9)), 10, "the slave's log")
+    names = term.value('[n["name"] for n in nodes()]')
+    assert isinstance(names, list) and cluster.node(9) not in names
+
+    # A holder of the keys that sends garbage and an oversized frame: dropped, logged.
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    secret = zmq.auth.load_certificate(cluster.keys / "node.key_secret")
+    sock.curve_publickey, sock.curve_secretkey = secret
+    sock.curve_serverkey = zmq.auth.load_certificate(cluster.keys / "master.key")[0]
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(cluster.endpoint)
+    try:
+        sock.send(b"\xc1 not msgpack")
+        sock.send(b"\x93\x01\x02\x03")  # a list, not a map
+        sock.send(b"x" * (9 << 20))
+        wait(lambda: "dropped a control message" in cluster.log(f"{cluster.tag}m"), 10, "the drop")
+    finally:
+        sock.close(0)
+        ctx.term()
+    term.run('amoc_dist.do("dummy", 1, 2)')
+    term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 2)
