@@ -128,6 +128,8 @@ class Master:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._m_lost = metrics.counter("cluster.users.lost")
         self._m_up = metrics.gauge("cluster.nodes.up")
+        self._m_out = metrics.counter("cluster.control.bytes_out")
+        self._m_in = metrics.counter("cluster.control.bytes_in")
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -188,6 +190,7 @@ class Master:
             self._sock.send_multipart([name.encode(), frame], zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             return False  # not connected (ROUTER_MANDATORY): the watchdog will see it
+        self._m_out.inc(len(frame))
         return True
 
     async def request(self, node: str, verb: Verb, **fields: Any) -> Any:
@@ -223,6 +226,7 @@ class Master:
                 log.warning("dropped a control message of %d frames", len(frames))
                 continue
             sender = frames[0].decode(errors="replace")
+            self._m_in.inc(len(frames[1]))
             try:
                 msg = decode(frames[1])
                 if msg["op"] is Op.HEARTBEAT:
