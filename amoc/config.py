@@ -16,7 +16,7 @@ import math
 import os
 import threading
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,19 +39,34 @@ _MISSING: Any = object()
 Verifier = Callable[[Any], Any]
 
 
+READ_ONLY = "read_only"
+Updater = Callable[[str, Any], None]
+
+
 @dataclass(frozen=True)
 class Param:
-    """A declared configuration parameter: name, default, description, verification."""
+    """A declared parameter: name, default, description, verification, run-time update.
+
+    `verify` is a function that returns the value (normalised) or raises TypeError or
+    ValueError, or a list of the allowed values. `update` is None (a change at run time is
+    just stored), READ_ONLY (refused at run time), or a function `update(name, value)` called
+    on each run-time change; if it raises, the change is refused and the old value stays.
+    """
 
     name: str
     default: Any = REQUIRED
     description: str = ""
-    verify: Verifier | None = None
+    verify: Verifier | Sequence[Any] | None = None
+    update: Updater | str | None = None
 
     def check(self, value: Any, source: str) -> Any:
         """Return `value` normalised, or raise ConfigError naming the parameter and source."""
         try:
-            if self.verify is not None:
+            if isinstance(self.verify, list | tuple):
+                if value not in self.verify:
+                    raise ValueError(f"must be one of {list(self.verify)!r}")
+                return value
+            if callable(self.verify):
                 return self.verify(value)
             return _check_type(self.default, value)
         except (TypeError, ValueError) as exc:
@@ -61,12 +76,20 @@ class Param:
 
 
 def param(
-    name: str, default: Any = REQUIRED, description: str = "", verify: Verifier | None = None
+    name: str,
+    default: Any = REQUIRED,
+    description: str = "",
+    verify: Verifier | Sequence[Any] | None = None,
+    update: Updater | str | None = None,
 ) -> Param:
     """Declare a parameter (for a scenario's `PARAMETERS` list)."""
     if not name.isidentifier():
         raise ConfigError(f"parameter name {name!r} is not a valid identifier")
-    return Param(name.lower(), default, description, verify)
+    if update is not None and update != READ_ONLY and not callable(update):
+        raise ConfigError(f"parameter {name!r}: update must be None, READ_ONLY or a function")
+    if verify is not None and not callable(verify) and not isinstance(verify, list | tuple):
+        raise ConfigError(f"parameter {name!r}: verification must be a function or a list")
+    return Param(name.lower(), default, description, verify, update)
 
 
 def _check_type(default: Any, value: Any) -> Any:
@@ -122,8 +145,25 @@ def repeat_count(value: Any) -> float | int:
     return value
 
 
+def optional_per_minute(value: Any) -> float | None:
+    """Verify a rate per minute: a number > 0, or None (no rate)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected users per minute as a number or None, got {value!r}")
+    if not value > 0 or math.isinf(value):
+        raise ValueError("must be a finite number > 0 (or None)")
+    return value
+
+
 BUILTINS: tuple[Param, ...] = (
     Param("interarrival", 50, "ms between two user starts", non_negative_ms),
+    Param(
+        "user_rate",
+        None,
+        "users started per minute over the node or cluster (None: interarrival paces them)",
+        optional_per_minute,
+    ),
     Param("repeat_interval", 60_000, "ms between two runs of start for one user", non_negative_ms),
     Param("repeat_num", INFINITY, "how many times each user runs start", repeat_count),
 )
@@ -238,9 +278,25 @@ class Config:
             raise ConfigError(f"unknown config name {key!r}; known names: {known}")
         if declared is not None:
             value = declared.check(value, "amoc_config.set")
+            if declared.update == READ_ONLY:
+                raise ConfigError(f"config {key!r} is read-only: it cannot change at run time")
         with self._lock:
+            had, old = key in self._runtime, self._runtime.get(key)
             self._runtime[key] = value
             listeners = list(self._listeners)
+        if declared is not None and callable(declared.update):
+            try:
+                declared.update(key, value)
+            except Exception as exc:
+                with self._lock:
+                    if had:
+                        self._runtime[key] = old
+                    else:
+                        self._runtime.pop(key, None)
+                raise ConfigError(
+                    f"config {key!r} = {value!r} refused by its update function: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
         for listener in listeners:
             listener(key, value)
 

@@ -100,6 +100,24 @@ class AmocDist:
         """The cluster now."""
         return ClusterReply(self._call(_now(self._master.status)))
 
+    def change_rate(self, name: str, rate: float, interval: float | None = None) -> dict[str, Any]:
+        """Change throttle `name` on every slave (each applies its share of `rate`)."""
+        result: dict[str, Any] = self._call(
+            self._master.throttle("change_rate", name, rate, interval)
+        )
+        return result
+
+    def change_rate_gradually(
+        self, name: str, from_rate: float, to_rate: float, step_interval: float, steps: int
+    ) -> dict[str, Any]:
+        """Go from one rate to another in `steps` steps, one every `step_interval` ms."""
+        result: dict[str, Any] = self._call(
+            self._master.throttle(
+                "change_rate_gradually", name, from_rate, to_rate, step_interval, steps
+            )
+        )
+        return result
+
     def placement(self) -> dict[str, list[int]]:
         """Node -> ids placed on it."""
         result: dict[str, list[int]] = self._call(_now(self._master.placement))

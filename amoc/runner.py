@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amoc import metrics
+from amoc import coordinator, metrics, throttle
 from amoc import scenario as scenario_mod
 from amoc.config import BUILTINS, Config, amoc_config
 from amoc.errors import ConfigError, RunnerError, ScenarioError
@@ -35,6 +35,8 @@ _SPAWN_BATCH = 200
 # interarrival shorter than the loop's latency still gives its rate; further behind (a
 # stalled loop), it restarts the schedule rather than release a burst.
 _CATCH_UP_S = 0.05
+# The throttle that paces user starts when `user_rate` is set.
+USER_RATE_THROTTLE = "amoc_user_rate"
 
 
 class State(enum.Enum):
@@ -229,6 +231,8 @@ class Controller:
                 await scenario_mod.call(self.scenario.terminate, *args)
             except Exception:
                 log.exception("terminate of scenario %r raised", name)
+        coordinator.stop_all()
+        throttle.stop_all()
         metrics.annotate("scenario_stop", comment=self._comment, tags={"scenario": name})
         final = self.status()
         self.scenario, self._state_value = None, None
@@ -298,6 +302,15 @@ class Controller:
         next_at = loop.time()
         burst = 0
         while self._pending:
+            user_rate = self.config.get("user_rate")
+            if user_rate is not None:
+                # A rate shared with the cluster's other nodes (see amoc.throttle).
+                throttle.start(USER_RATE_THROTTLE, user_rate)
+                await throttle.wait(USER_RATE_THROTTLE)
+                if self._pending:
+                    self._start_user(self._pending.popleft())
+                next_at = loop.time()
+                continue
             uid = self._pending.popleft()
             self._start_user(uid)
             interarrival = self.config.get("interarrival") / 1000.0

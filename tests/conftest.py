@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.xmpp_fixture import xmpp_server  # noqa: F401 - a fixture for every layer
+from tests.e2e.cluster import cluster  # noqa: F401 - fixtures for every layer
+from tests.integration.xmpp_fixture import xmpp_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 

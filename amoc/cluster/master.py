@@ -24,7 +24,7 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from amoc import metrics
+from amoc import coordinator, metrics
 from amoc import scenario as scenario_mod
 from amoc.cluster import dispatch, keys
 from amoc.cluster.protocol import MAX_FRAME, Op, ProtocolError, Verb, decode, encode
@@ -119,6 +119,7 @@ class Master:
         self.down_after = config.get("cluster_down_after") / 1000.0
         self.nodes: dict[str, NodeInfo] = {}
         self.run: Run | None = None
+        self.hubs: dict[str, coordinator.Hub] = {}
         self._sock: zmq.asyncio.Socket | None = None
         self._auth: AsyncioAuthenticator | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -231,6 +232,8 @@ class Master:
                 msg = decode(frames[1])
                 if msg["op"] is Op.HEARTBEAT:
                     self._heartbeat(sender, msg)
+                elif msg["op"] is Op.COORDINATE:
+                    self._coordinate(sender, msg)
                 elif msg["op"] is Op.REPLY:
                     future = self._waiting.get(msg.get("id"))  # type: ignore[arg-type]
                     if future is not None and not future.done():
@@ -276,11 +279,48 @@ class Master:
             if self.run is None and status.get("scenario") and not self._adopting:
                 asyncio.get_running_loop().create_task(self._adopt())
 
+    def _coordinate(self, sender: str, msg: dict[str, Any]) -> None:
+        name, sizes, timeout = msg.get("name"), msg.get("sizes"), msg.get("timeout")
+        if not isinstance(name, str) or not isinstance(sizes, list):
+            raise ProtocolError("coordinate: name and sizes are required")
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise ProtocolError("coordinate: timeout must be > 0 ms")
+        user = msg.get("user")
+        if not isinstance(user, int):
+            raise ProtocolError("coordinate: user must be an id")
+        hub = self.hubs.get(name)
+        if hub is None:
+            hub = self.hubs[name] = coordinator.Hub(name, sizes, timeout / 1000, self._batch)
+        hub.add(coordinator.Member(user, msg.get("data"), sender))
+
+    def _batch(self, event: str, index: int, name: str, batch: list[coordinator.Member]) -> None:
+        """A batch formed: its first user's node runs the action; every member's node hears."""
+        members = [[m.user, m.data, m.node] for m in batch]
+        for k, node in enumerate(dict.fromkeys(m.node for m in batch)):
+            frame = encode(
+                Op.BATCH, name=name, event=event, index=index, members=members, run_action=k == 0
+            )
+            if not self._send(node, frame):
+                log.warning("coordinator %s: node %s missed a batch", name, node)
+
+    async def throttle(self, action: str, *args: Any) -> dict[str, Any]:
+        """Run a throttle action (change_rate, change_rate_gradually, pause, resume) on
+        every slave that is up; each applies its share."""
+        names = self.slaves()
+        results = await asyncio.gather(
+            *(self.request(n, Verb.THROTTLE, action=action, args=list(args)) for n in names),
+            return_exceptions=True,
+        )
+        errors = [str(r) for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise AmocError("; ".join(errors))
+        return dict(zip(names, results, strict=True))
+
     async def _ping(self) -> None:
         while True:
-            for info in list(self.nodes.values()):
-                if info.up:
-                    self._send(info.name, encode(Op.PING))
+            up = [info.name for info in self.nodes.values() if info.up]
+            for name in up:
+                self._send(name, encode(Op.PING, slaves=len(up)))
             await asyncio.sleep(self.interval)
 
     async def _watchdog(self) -> None:
@@ -397,7 +437,9 @@ class Master:
     def _source(self, name: str) -> str:
         path = scenario_mod.find(name, self.scenario_dirs)
         source = path.read_text()
-        scenario_mod.load_source(name, source, path)  # refuse it here, before any slave
+        loaded = scenario_mod.load_source(name, source, path)  # refused here, before any slave
+        # Its parameters are verified here too, before a change goes out to the slaves.
+        self.config.declare(loaded.params)
         return source
 
     def slaves(self, names: list[str] | None = None) -> list[str]:
@@ -529,6 +571,9 @@ class Master:
     async def stop(self) -> dict[str, Any]:
         """Stop the scenario on every node."""
         run = self._running()
+        for hub in self.hubs.values():
+            hub.flush(coordinator.STOP)  # "all" actions run while the nodes still have the plan
+        self.hubs.clear()
         self.run = None
         final = self.status()
         await self._stop_run(run)

@@ -30,6 +30,8 @@ class Op(enum.StrEnum):
     PING = "ping"  # master -> slave: I am alive (and your config, when you are new)
     REQUEST = "request"  # master -> slave: a verb to run on the slave's controller
     REPLY = "reply"  # slave -> master: the verb's result or error
+    COORDINATE = "coordinate"  # slave -> master: a user joins a coordinator
+    BATCH = "batch"  # master -> slave: a coordinator batch formed
 
 
 class Verb(enum.StrEnum):
@@ -41,6 +43,7 @@ class Verb(enum.StrEnum):
     STOP = "stop"
     USERS = "users"
     CONFIG = "config"
+    THROTTLE = "throttle"
 
 
 def encode(op: Op, **fields: Any) -> bytes:

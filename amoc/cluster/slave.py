@@ -16,6 +16,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
-from amoc import __version__, metrics
+from amoc import __version__, coordinator, metrics, throttle
 from amoc import scenario as scenario_mod
 from amoc.cluster import keys
 from amoc.cluster.protocol import MAX_FRAME, Op, ProtocolError, Verb, decode, encode, field
@@ -79,6 +80,7 @@ class SlaveLink:
         monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         sock.connect(self.master)
         self._sock = sock
+        coordinator.use_master(self._coordinate)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._beat(), name="cluster-heartbeat"),
@@ -87,8 +89,24 @@ class SlaveLink:
         ]
         log.info("slave %s dials the master at %s", self.name, self.master)
 
+    def _coordinate(
+        self, name: str, sizes: list[int | None], timeout_ms: float, user: int, data: Any
+    ) -> None:
+        """coordinator.add on this node: the master groups the cluster's users."""
+        try:
+            frame = encode(
+                Op.COORDINATE, name=name, sizes=sizes, timeout=timeout_ms, user=user, data=data
+            )
+        except (TypeError, ValueError) as exc:
+            raise coordinator.CoordinatorError(
+                f"coordinator {name!r}: data of user {user} cannot travel to the master: {exc}"
+            ) from None
+        if not self._send(frame):
+            log.warning("coordinator %s: user %d not sent, no master connected", name, user)
+
     async def stop(self) -> None:
         """Stop beating and close the socket."""
+        coordinator.use_master(None)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -154,6 +172,11 @@ class SlaveLink:
                 log.info("the master at %s answers", self.master)
             if msg["op"] is Op.PING:
                 self._apply_config(msg.get("config"))
+                slaves = msg.get("slaves")
+                if isinstance(slaves, int) and slaves >= 1:
+                    throttle.set_share(1 / slaves)
+            elif msg["op"] is Op.BATCH:
+                self._batch(msg)
             elif msg["op"] is Op.REQUEST:
                 task = loop.create_task(self._serve(msg))
                 self._inflight.add(task)
@@ -203,10 +226,37 @@ class SlaveLink:
             return await ctl.stop()
         if verb is Verb.USERS:
             return {"ids": ctl.user_ids(), **ctl.status()}
+        if verb is Verb.THROTTLE:
+            action = msg.get("action")
+            args = msg.get("args") or []
+            allowed: dict[str, Callable[..., Any]] = {
+                "change_rate": throttle.change_rate,
+                "change_rate_gradually": throttle.change_rate_gradually,
+                "pause": throttle.pause,
+                "resume": throttle.resume,
+            }
+            if action not in allowed or not isinstance(args, list):
+                raise ProtocolError(f"throttle: unknown action {action!r}")
+            allowed[action](*args)
+            return {"throttles": throttle.info()}
         if verb is Verb.CONFIG:
             self._apply_config({field(msg, "name", str): msg.get("value")})
             return {"ok": True}
         raise ProtocolError(f"verb {verb.value!r} is not handled")  # pragma: no cover
+
+    def _batch(self, msg: dict[str, Any]) -> None:
+        members = msg.get("members")
+        if not isinstance(members, list) or not all(
+            isinstance(m, list) and len(m) == 3 for m in members
+        ):
+            raise ProtocolError("batch: members must be [user, data, node] lists")
+        coordinator.deliver(
+            str(msg.get("name")),
+            str(msg.get("event")),
+            int(msg.get("index") or 0),
+            [coordinator.Member(int(u), d, str(n)) for u, d, n in members],
+            bool(msg.get("run_action")),
+        )
 
     def _apply_config(self, values: Any) -> None:
         if not values:
