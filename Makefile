@@ -4,18 +4,18 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 REL    := _rel/amoc
 
-.PHONY: help deps dev rel console lint test test-unit test-fast demo bench clean
+.PHONY: help deps dev rel local-console lint test test-unit test-fast demo bench clean
 
 help:
 	@echo "make rel        build the release in $(REL)"
-	@echo "make console    build the release and open a node console"
+	@echo "make local-console  build the release and open a local node's console"
 	@echo "make demo       the main job: an XMPP load test against a local ejabberd"
 	@echo "make test       lint and every test (installs what they need)"
 	@echo "make test-unit  the fast tests only (no servers)"
 	@echo "make bench      the benchmarks in bench/"
 
 # System packages the tests, the demo and the benchmarks use (Debian).
-DEBS := ejabberd graphite-carbon tmux
+DEBS := ejabberd graphite-carbon tmux chromium openssh-server
 deps:
 	tools/deps.sh $(DEBS)
 
@@ -29,7 +29,7 @@ dev: $(VENV)/.stamp
 rel:
 	tools/release.sh
 
-console: rel
+local-console: rel
 	$(REL)/bin/amoc console
 
 lint: dev
@@ -46,6 +46,7 @@ test: deps dev rel lint
 bench: deps dev rel
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_xmpp.py
+	$(PY) bench/bench_cluster.py
 
 clean:
 	rm -rf _rel _build build *.egg-info

@@ -20,6 +20,7 @@ from amoc.control import Client
 from amoc.errors import AmocError, NodeError
 from amoc.home import Home
 from amoc.node import Node, running_pid, setup_logging, wait_for
+from amoc.report import thresholds
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
@@ -183,7 +184,22 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
             print("amoc: --rate must be > 0 users per second", file=sys.stderr)
             return 2
         settings["interarrival"] = 1000.0 / args.rate
+    expressions = list(args.fail_if or [])
+    if args.max_error_ratio is not None:
+        expressions.append(f"error_ratio <= {args.max_error_ratio}")
+    if args.max_ttd_p99 is not None:
+        expressions.append(f"xmpp.ttd_ms.p99 <= {args.max_ttd_p99}")
+    try:
+        limits = [thresholds.parse(e) for e in expressions]
+    except thresholds.ThresholdError as exc:
+        print(f"amoc: {exc}", file=sys.stderr)
+        return 2
+    if args.users < 1 or args.duration <= 0:
+        print("amoc: --users must be >= 1 and --duration > 0 seconds", file=sys.stderr)
+        return 2
     node = Node(home)
+    if args.report:
+        node.config.set("report_dir", str(Path(args.report).resolve()), strict=False)
     try:
         node.start()
     except AmocError as exc:
@@ -202,14 +218,26 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
         print(f"amoc: {exc}", file=sys.stderr)
         node.shutdown()
         return 2
-    summary = metrics.summary(metrics.REGISTRY.snapshot())
+    snapshot = metrics.REGISTRY.snapshot()
+    summary = metrics.summary(snapshot)
+    written = node.recorder.last_report if node.recorder else None
     node.shutdown()
-    report = {"controller": final, "metrics": summary}
+    failed = thresholds.check(limits, snapshot, summary)
+    report = {
+        "controller": final,
+        "metrics": summary,
+        "report": str(written) if written else None,
+        "failed": failed,
+    }
     if args.json:
         print(json.dumps(report, indent=2, default=repr))
     else:
         _print_report(report)
-    return 0
+        if written:
+            print(f"report: {written}")
+    for line in failed:
+        print(f"amoc: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -260,6 +288,16 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--comment", default="", help="annotation comment")
     run.add_argument("--set", action="append", metavar="NAME=VALUE", help="a config value")
     run.add_argument("--json", action="store_true", help="print the report as JSON")
+    run.add_argument("--report", metavar="DIR", help="write the report under DIR")
+    run.add_argument(
+        "--threshold",
+        dest="fail_if",
+        action="append",
+        metavar="COND",
+        help="a condition the run must meet, e.g. 'xmpp.ttd_ms.p99 < 50' (exit 1 otherwise)",
+    )
+    run.add_argument("--max-error-ratio", type=float, help="fail above this error ratio")
+    run.add_argument("--max-ttd-p99", type=float, help="fail above this p99 TTD (ms)")
     keys = sub.add_parser("keys", help="make the cluster's CURVE keys")
     keys.add_argument("dir", nargs="?", help="where (default: the release's keys/)")
     keys.add_argument("--force", action="store_true", help="replace existing keys")

@@ -6,6 +6,7 @@ import code
 import contextlib
 import io
 import os
+import re
 import rlcompleter
 import sys
 import threading
@@ -15,6 +16,7 @@ from typing import Any, TextIO
 
 from amoc.control import Client
 from amoc.errors import AmocError, NodeError
+from amoc.report import live
 
 BANNER = """amoc console on node {name!r} (pid {pid}).
   amoc_local.do("dummy", 1, 10)     start users 1..10 of scenario dummy
@@ -23,6 +25,8 @@ BANNER = """amoc console on node {name!r} (pid {pid}).
   amoc_local.stop()                 stop the scenario
   amoc_config.get(name) / set(name, value), status(), scenarios()
 {leave}"""
+
+_WATCH = re.compile(r"^\s*watch\(\s*(?:seconds\s*=\s*)?([0-9.]+)?\s*\)\s*$")
 
 LEAVE_FOREGROUND = "Ctrl+D leaves the console and stops the node."
 LEAVE_ATTACHED = "Ctrl+D detaches; the node and its users keep running."
@@ -195,6 +199,12 @@ def attach(socket_path: Path, history: Path) -> int:
                     print("\nKeyboardInterrupt")
                     client.request({"op": "reset"})
                     more = False
+                    continue
+                watching = _WATCH.match(line) if not more else None
+                if watching:
+                    # The live view is drawn here, from the node's samples.
+                    seconds = float(watching.group(1)) if watching.group(1) else None
+                    live.watch(lambda: client.request({"op": "sample"})["sample"], seconds)
                     continue
                 answer = client.request({"op": "line", "line": line}, timeout=None)
                 if "error" in answer:

@@ -16,7 +16,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from amoc import __version__, metrics
+from amoc import __version__, api, metrics
 from amoc import scenario as scenario_mod
 from amoc.cluster import settings as cluster_settings
 from amoc.cluster.master import Master
@@ -28,6 +28,8 @@ from amoc.dist import AmocDist, ClusterReply, NodeTable
 from amoc.errors import AmocError, NodeError
 from amoc.home import Home
 from amoc.local import AmocLocal, Reply
+from amoc.report import live
+from amoc.report import recorder as report_recorder
 from amoc.runner import Controller
 
 log = logging.getLogger("amoc.node")
@@ -100,6 +102,7 @@ class Node:
         self.metrics_service: Any = None
         self.master: Master | None = None
         self.slave: SlaveLink | None = None
+        self.recorder: report_recorder.Recorder | None = None
         self.stopped = threading.Event()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -119,7 +122,9 @@ class Node:
         self.home.make_dirs()
         self.config.load_app(self.home.app_config)
         self.config.declare(metrics.PARAMETERS)
+        self.config.declare(api.PARAMETERS)
         self.config.declare(cluster_settings.PARAMETERS)
+        self.config.declare(report_recorder.PARAMETERS)
         install_streams()
         tune_gc()
         self._thread = threading.Thread(target=self._run, name="amoc-loop", daemon=True)
@@ -167,12 +172,23 @@ class Node:
             """The scenarios this node can run."""
             return scenario_mod.available(self.scenario_dirs())
 
+        def watch(seconds: float | None = None) -> None:
+            """A live table of users, rates, TTD and errors, per node; Ctrl+C ends it."""
+            live.watch(lambda: self.call(self._sample_now()), seconds)
+
+        def report() -> str | None:
+            """Where the last run's report is (written when a scenario stops)."""
+            last = self.recorder.last_report if self.recorder else None
+            return str(last) if last else None
+
         space: dict[str, Any] = {
             "amoc_local": local,
             "amoc_config": self.config,
             "status": status,
             "scenarios": scenarios,
             "metrics": metrics,
+            "watch": watch,
+            "report": report,
         }
         if self.master is not None:
             dist = AmocDist(self.master, self.call)
@@ -223,6 +239,12 @@ class Node:
         self.metrics_service = metrics.MetricsService(self.config)
         await self.metrics_service.start()
         await self._join_cluster()
+        api_server = await api.start_node_api(self.config, self.controller, self.home, self.master)
+        if self.slave is None:  # the master (or a local node) reports the run
+            self.recorder = report_recorder.Recorder(
+                self.sample, self.config, self.home.root / "reports", self.home.name
+            )
+            self.recorder.start()
         server = await serve(self.home.socket, self._handle)
         self._ready.set()
         try:
@@ -230,6 +252,10 @@ class Node:
         finally:
             log.info("node %s stopping", self.home.name)
             server.close()
+            if self.recorder is not None:
+                await self.recorder.stop()
+            if api_server is not None:
+                await api_server.stop()
             if self.slave is not None:
                 await self.slave.stop()
             if self.master is not None:
@@ -238,6 +264,23 @@ class Node:
             await self.metrics_service.stop()
             with contextlib.suppress(FileNotFoundError):
                 self.home.socket.unlink()
+
+    def sample(self) -> dict[str, Any]:
+        """What the live view and the report need now (call it in the loop)."""
+        if self.master is not None:
+            up = {n.name for n in self.master.nodes.values() if n.up}
+            nodes = {k: v for k, v in metrics.REGISTRY.remote.items() if k in up}
+            targets = {k: len(v) for k, v in self.master.placement().items()}
+            scenario = self.master.run.scenario if self.master.run else None
+        else:
+            assert self.controller is not None
+            nodes = {self.home.name: metrics.REGISTRY.local_snapshot()}
+            targets = {self.home.name: len(self.controller.user_ids())}
+            scenario = self.controller.scenario.name if self.controller.scenario else None
+        return {"time": time.time(), "nodes": nodes, "targets": targets, "scenario": scenario}
+
+    async def _sample_now(self) -> dict[str, Any]:
+        return self.sample()
 
     async def _join_cluster(self) -> None:
         assert self.controller is not None
@@ -268,6 +311,8 @@ class Node:
                 "metrics": metrics.summary(metrics.REGISTRY.snapshot()),
                 "cluster": self.master.status() if self.master is not None else None,
             }
+        if op == "sample":
+            return {"sample": self.sample()}
         if op == "stop":
             asyncio.get_running_loop().call_later(0.05, self._stop_soon)
             return {"ok": True}

@@ -1,0 +1,13 @@
+"""amoc.api: the node's REST API, documented at /api-docs.
+
+Off unless `api_port` is set. `start_node_api` starts it with a node; `ApiServer`
+(in `amoc.api.server`, which needs aiohttp) serves any `ClusterProvider`: this node's
+`LocalProvider`, or a master's provider for its cluster.
+"""
+
+from __future__ import annotations
+
+from amoc.api.provider import ClusterProvider, LocalProvider
+from amoc.api.service import PARAMETERS, start_node_api
+
+__all__ = ["PARAMETERS", "ClusterProvider", "LocalProvider", "start_node_api"]

@@ -1,0 +1,142 @@
+"""The report directory: index.html (offline, SVG plots), series.csv, summary.json."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from amoc.report.figures import COLUMNS
+
+CHARTS = (
+    ("Users", (("running", "running"), ("target", "target"), ("failed", "failed runs"))),
+    ("Rates (per second)", (("logins_s", "logins"), ("messages_s", "messages"))),
+    ("Time to delivery (ms)", (("ttd_p50", "p50"), ("ttd_p99", "p99"))),
+    ("Errors (cumulative)", (("errors", "errors"),)),
+)
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+W, H, PAD = 720, 220, 48
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v for v in values if not math.isnan(v)]
+
+
+def chart(title: str, times: Sequence[float], lines: Sequence[tuple[str, Sequence[float]]]) -> str:
+    """An SVG line chart of several series over `times` (seconds since the start)."""
+    ys = [v for _, values in lines for v in _finite(values)]
+    top = max(ys, default=1.0) or 1.0
+    span = max(times[-1] if times else 1.0, 1e-9)
+
+    def x(t: float) -> float:
+        return PAD + (W - 2 * PAD) * t / span
+
+    def y(v: float) -> float:
+        return H - PAD + (2 * PAD - H) * v / top
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" role="img" '
+        f'aria-label="{html.escape(title)}">',
+        f'<text x="{PAD}" y="20" font-weight="bold">{html.escape(title)}</text>',
+        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#888"/>',
+        f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="#888"/>',
+        f'<text x="{PAD - 6}" y="{PAD + 4}" text-anchor="end" font-size="11">{top:.4g}</text>',
+        f'<text x="{PAD - 6}" y="{H - PAD + 4}" text-anchor="end" font-size="11">0</text>',
+        f'<text x="{W - PAD}" y="{H - PAD + 16}" text-anchor="end" font-size="11">'
+        f"{span:.0f} s</text>",
+    ]
+    for k, (label, values) in enumerate(lines):
+        colour = COLOURS[k % len(COLOURS)]
+        points = " ".join(
+            f"{x(t):.1f},{y(v):.1f}"
+            for t, v in zip(times, values, strict=True)
+            if not math.isnan(v)
+        )
+        if points:
+            parts.append(
+                f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="2" '
+                f'points="{points}"/>'
+            )
+        parts.append(
+            f'<text x="{W - PAD - 150}" y="{PAD + 14 * k}" fill="{colour}" font-size="12">'
+            f"{html.escape(label)}</text>"
+        )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def write(
+    directory: Path,
+    rows: Sequence[dict[str, float]],
+    info: dict[str, Any],
+    parameters: Sequence[tuple[str, Any, str, str]],
+    summary: dict[str, Any],
+) -> Path:
+    """Write the report; the path of index.html."""
+    directory.mkdir(parents=True, exist_ok=True)
+    columns = ["t", *(c for c, _ in COLUMNS)]
+    with open(directory / "series.csv", "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(columns)
+        for r in rows:
+            out.writerow([f"{r[c]:.3f}" if not math.isnan(r[c]) else "" for c in columns])
+    (directory / "summary.json").write_text(
+        json.dumps({"run": info, "metrics": summary}, indent=2, default=str) + "\n"
+    )
+    times = [r["t"] for r in rows]
+    charts = [
+        chart(title, times, [(label, [r[c] for r in rows]) for c, label in series])
+        for title, series in CHARTS
+    ]
+    params = "\n".join(
+        f"<tr><td>{html.escape(n)}</td><td>{html.escape(repr(v))}</td>"
+        f"<td>{html.escape(s)}</td><td>{html.escape(d)}</td></tr>"
+        for n, v, s, d in parameters
+    )
+    figures = "\n".join(
+        f"<tr><td>{html.escape(n)}</td><td>{html.escape(_figure(v))}</td></tr>"
+        for n, v in sorted(summary.items())
+    )
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>amoc report: {html.escape(str(info.get("scenario")))}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: left; font-size: 13px; }}
+svg {{ display: block; margin: 1em 0; background: #fafafa; }}
+</style></head><body>
+<h1>amoc report: {html.escape(str(info.get("scenario")))}</h1>
+<p>Comment: <b>{html.escape(str(info.get("comment") or "-"))}</b></p>
+<p>Started {started}, lasted {info.get("duration_s", 0):.0f} s, {len(rows)} samples;
+node {html.escape(str(info.get("node")))}. Raw series: <a href="series.csv">series.csv</a>,
+figures: <a href="summary.json">summary.json</a>.</p>
+<h2>Plots</h2>
+{"".join(charts)}
+<h2>Figures at the end</h2>
+<table><tr><th>metric</th><th>value</th></tr>
+{figures}
+</table>
+<h2>Parameters</h2>
+<table><tr><th>name</th><th>value</th><th>source</th><th>description</th></tr>
+{params}
+</table>
+</body></html>
+"""
+    index = directory / "index.html"
+    index.write_text(page)
+    return index
+
+
+def _figure(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
+        )
+    return str(value)

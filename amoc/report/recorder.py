@@ -1,0 +1,136 @@
+"""One row of figures a second while a scenario runs; the report when it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from amoc import metrics
+from amoc.config import Config, Param
+from amoc.report import html
+from amoc.report.figures import row, total
+
+log = logging.getLogger("amoc.report")
+
+MAX_ROWS = 7 * 24 * 3600  # a week of seconds
+
+
+def _optional_path(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a directory path or None, got {type(value).__name__}")
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected True or False, got {value!r}")
+    return value
+
+
+PARAMETERS: tuple[Param, ...] = (
+    Param("report", True, "write a report when a scenario stops", _flag),
+    Param("report_dir", None, "where reports go (default: the release's reports/)", _optional_path),
+)
+
+Sampler = Callable[[], dict[str, Any]]
+
+
+class Recorder:
+    """Samples the figures every `interval` s between scenario_start and scenario_stop."""
+
+    def __init__(
+        self, sample: Sampler, config: Config, default_dir: Path, node: str, interval: float = 1.0
+    ) -> None:
+        self.sample = sample
+        self.config = config
+        self.default_dir = default_dir
+        self.node = node
+        self.interval = interval
+        self.rows: deque[dict[str, float]] = deque(maxlen=MAX_ROWS)
+        self.info: dict[str, Any] | None = None
+        self.last_report: Path | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._before: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        """Listen for scenario starts and stops (inside the node's loop)."""
+        metrics.REGISTRY.on_annotation(self._event)
+
+    async def stop(self) -> None:
+        """Stop listening and sampling."""
+        metrics.REGISTRY.off_annotation(self._event)
+        await self._halt()
+
+    async def _halt(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _event(self, event: dict[str, Any]) -> None:
+        if event["what"] == "scenario_start":
+            self.info = {
+                "scenario": event["tags"].get("scenario"),
+                "users": event["tags"].get("users"),
+                "comment": event.get("comment"),
+                "started": event["when"],
+                "node": self.node,
+            }
+            self.rows.clear()
+            self._before = None
+            self._take()
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._run(), name="recorder")
+        elif event["what"] == "scenario_stop" and self.info is not None:
+            self._take()
+            if self._task is not None:
+                self._task.cancel()
+                self._task = None
+            if self.config.get("report"):
+                try:
+                    self.last_report = self.write()
+                    log.info("report written: %s", self.last_report)
+                except OSError as exc:
+                    log.error("the report could not be written: %s", exc)
+            self.info = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self._take()
+            except Exception:  # a sample must never stop the node
+                log.exception("sampling the figures failed")
+
+    def _take(self) -> None:
+        assert self.info is not None
+        now = self.sample()
+        merged = total(list(now["nodes"].values()))
+        before = self._before
+        seconds = now["time"] - before["time"] if before else self.interval
+        target = sum(now["targets"].values()) if now["targets"] else None
+        figures = row(merged, before["merged"] if before else None, seconds, target)
+        figures["t"] = now["time"] - self.info["started"]
+        self.rows.append(figures)
+        self._before = {"time": now["time"], "merged": merged}
+
+    def write(self) -> Path:
+        """The report of the run so far, in its own directory."""
+        assert self.info is not None
+        base = Path(self.config.get("report_dir") or self.default_dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.info["started"]))
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(self.info["scenario"]))
+        directory = base / f"{stamp}-{name}"
+        info = {**self.info, "duration_s": time.time() - self.info["started"]}
+        summary = metrics.summary(metrics.REGISTRY.snapshot())
+        return html.write(directory, list(self.rows), info, self.config.describe(), summary)
