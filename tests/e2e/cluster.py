@@ -41,6 +41,8 @@ class Cluster:
     keys: Path
     slaves: list[str] = field(default_factory=list)
     master: Terminal | None = None
+    # Slaves may run from their own copy of the release (another "host"'s files).
+    homes: dict[str, Path] = field(default_factory=dict)
 
     def env(self, role: str, keys: Path | None = None) -> dict[str, str]:
         return {
@@ -61,15 +63,20 @@ class Cluster:
         """The cluster's name for slave i."""
         return f"{self.name(i)}@{HOST}"
 
-    def start_master(self) -> Terminal:
+    def start_master(self, **extra: str) -> Terminal:
         args = ["--name", f"{self.tag}m", "console"]
-        self.master = Terminal(self.release, args, self.env("master"))
+        self.master = Terminal(self.release, args, {**self.env("master"), **extra})
         return self.master
 
-    def start_slave(self, i: int, keys: Path | None = None) -> None:
-        done = amoc(self.release, "--name", self.name(i), "start", env=self.env("slave", keys))
+    def start_slave(self, i: int, keys: Path | None = None, release: Path | None = None) -> None:
+        home = release or self.release
+        done = amoc(home, "--name", self.name(i), "start", env=self.env("slave", keys))
         assert done.returncode == 0, done.stderr
         self.slaves.append(self.name(i))
+        self.homes[self.name(i)] = home
+
+    def home(self, name: str) -> Path:
+        return self.homes.get(name, self.release)
 
     def up(self) -> list[str]:
         assert self.master is not None
@@ -78,11 +85,11 @@ class Cluster:
         return nodes
 
     def slave_pid(self, i: int) -> int:
-        return int((self.release / "run" / self.name(i) / "node.pid").read_text())
+        return int((self.home(self.name(i)) / "run" / self.name(i) / "node.pid").read_text())
 
     def slave_users(self, i: int) -> list[int]:
         """The ids running on slave i, asked on its own console (attach)."""
-        term = Terminal(self.release, ["--name", self.name(i), "attach"], {})
+        term = Terminal(self.home(self.name(i)), ["--name", self.name(i), "attach"], {})
         try:
             users = term.value("amoc_local.users()")
         finally:
@@ -91,7 +98,7 @@ class Cluster:
         return users
 
     def log(self, name: str) -> str:
-        path = self.release / "log" / f"{name}.log"
+        path = self.home(name) / "log" / f"{name}.log"
         return path.read_text() if path.exists() else ""
 
 
@@ -108,4 +115,4 @@ def cluster(release: Path, tmp_path: Path) -> Iterator[Cluster]:
         if c.master is not None and c.master.child.isalive():
             c.master.leave()
         for name in c.slaves:
-            amoc(release, "--name", name, "stop")
+            amoc(c.home(name), "--name", name, "stop")
