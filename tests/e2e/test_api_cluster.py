@@ -89,7 +89,11 @@ def test_the_masters_api_drives_the_cluster(cluster: Cluster, tmp_path: Path) ->
 
     status, body = call(port, "GET", "/api/metrics")
     assert status == 200
-    wait(lambda: call(port, "GET", "/api/metrics")[1].get("uploaded.starts") == 8, 10, "metrics")
+    wait(
+        lambda: call(port, "GET", "/api/metrics")[1]["metrics"].get("uploaded.starts") == 8,
+        10,
+        "metrics",
+    )
 
     status, body = call(port, "POST", "/api/stop")
     assert status == 200
