@@ -123,6 +123,26 @@ def non_negative_ms(value: Any) -> float | int:
     return value
 
 
+def optional_text(value: Any) -> str | None:
+    """Verify an optional string: a string, or None ('' counts as None)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string or None, got {type(value).__name__}")
+    return value
+
+
+def optional_port(value: Any) -> int | None:
+    """Verify an optional TCP port: 0 (any free port) to 65535, or None (off)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected a port number or None, got {value!r}")
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 (any free port) and 65535")
+    return value
+
+
 def non_negative_int(value: Any) -> int:
     """Verify a count: an integer >= 0."""
     if isinstance(value, bool) or not isinstance(value, int):

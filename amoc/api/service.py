@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amoc.config import Config, Param
+from amoc.config import Config, Param, optional_port
 
 if TYPE_CHECKING:
     from amoc.api.server import ApiServer
@@ -21,16 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("amoc.api")
 
 TOKEN_FILE = "api_token"
-
-
-def _optional_port(value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected a port number or None, got {value!r}")
-    if not 0 <= value <= 65535:
-        raise ValueError("must be between 0 (any free port) and 65535")
-    return value
 
 
 def _host(value: Any) -> str:
@@ -52,7 +42,7 @@ def _optional_token(value: Any) -> str | None:
 
 
 PARAMETERS: tuple[Param, ...] = (
-    Param("api_port", None, "port of the REST API (None: off, 0: any free port)", _optional_port),
+    Param("api_port", None, "port of the REST API (None: off, 0: any free port)", optional_port),
     Param("api_host", "127.0.0.1", "address the REST API listens on", _host),
     Param(
         "api_token",

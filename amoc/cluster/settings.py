@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from amoc.config import Param, non_negative_ms
+from amoc.config import Param, non_negative_ms, optional_text
 
 
 def _role(value: Any) -> str:
@@ -16,14 +16,6 @@ def _role(value: Any) -> str:
 def _endpoint(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("tcp://") or ":" not in value[6:]:
         raise ValueError(f"must be a ZeroMQ endpoint like 'tcp://127.0.0.1:4200', got {value!r}")
-    return value
-
-
-def _optional_text(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"expected a path or None, got {type(value).__name__}")
     return value
 
 
@@ -48,7 +40,7 @@ PARAMETERS: tuple[Param, ...] = (
         "cluster_keys",
         None,
         "directory of the cluster's CURVE keys (default: the release's keys/)",
-        _optional_text,
+        optional_text,
     ),
     Param("cluster_capacity", 1.0, "this slave's weight for the weighted strategy", _capacity),
     Param("cluster_heartbeat", 1000, "ms between two heartbeats, both ways", _positive_ms),

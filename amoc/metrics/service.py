@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from amoc.config import Config, Param, non_negative_ms
+from amoc.config import Config, Param, non_negative_ms, optional_port, optional_text
 
 if TYPE_CHECKING:
     from amoc.metrics.registry import Registry
@@ -13,33 +13,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("amoc.metrics")
 
 
-def _optional_text(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string or None, got {type(value).__name__}")
-    return value
-
-
-def _optional_port(value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected a port number or None, got {value!r}")
-    if not 0 <= value <= 65535:
-        raise ValueError("must be between 0 (any free port) and 65535")
-    return value
-
-
 def _port(value: Any) -> int:
-    port = _optional_port(value)
+    port = optional_port(value)
     if port is None or port == 0:
         raise ValueError("must be a port between 1 and 65535")
     return port
 
 
 def _prefix(value: Any) -> str:
-    text = _optional_text(value) or ""
+    text = optional_text(value) or ""
     if any(c.isspace() for c in text) or text.startswith(".") or text.endswith("."):
         raise ValueError("must be dotted words without spaces, e.g. 'amoc.run1'")
     return text
@@ -53,7 +35,7 @@ def _interval(value: Any) -> float | int:
 
 
 PARAMETERS: tuple[Param, ...] = (
-    Param("graphite_host", None, "carbon host for metrics (None: no Graphite)", _optional_text),
+    Param("graphite_host", None, "carbon host for metrics (None: no Graphite)", optional_text),
     Param("graphite_port", 2003, "carbon plaintext port", _port),
     Param("graphite_prefix", "amoc", "prefix of every Graphite series", _prefix),
     Param("graphite_interval", 5000, "ms between two reports to Graphite", _interval),
@@ -61,10 +43,10 @@ PARAMETERS: tuple[Param, ...] = (
         "graphite_events_url",
         None,
         "graphite-web events URL for annotations, e.g. http://127.0.0.1/events/",
-        _optional_text,
+        optional_text,
     ),
-    Param("prometheus_host", "127.0.0.1", "address of the /metrics endpoint", _optional_text),
-    Param("prometheus_port", None, "port of the /metrics endpoint (None: off)", _optional_port),
+    Param("prometheus_host", "127.0.0.1", "address of the /metrics endpoint", optional_text),
+    Param("prometheus_port", None, "port of the /metrics endpoint (None: off)", optional_port),
 )
 
 

@@ -6,7 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from amoc.metrics.histogram import describe, difference, merge_snapshots
+from amoc.metrics.histogram import describe, difference
+from amoc.metrics.registry import merge
 
 # (column, title) in the order the live view, the CSV and the report show them.
 COLUMNS = (
@@ -68,21 +69,7 @@ def row(
 
 def total(snaps: list[Mapping[str, Any]]) -> dict[str, Any]:
     """Several nodes' snapshots as one (counters and gauges add, histograms merge)."""
-    counters: dict[str, float] = {}
-    gauges: dict[str, float] = {}
-    hists: dict[str, list[Mapping[str, Any]]] = {}
-    for snap in snaps:
-        for k, v in snap.get("counters", {}).items():
-            counters[k] = counters.get(k, 0) + v
-        for k, v in snap.get("gauges", {}).items():
-            gauges[k] = gauges.get(k, 0) + v
-        for k, v in snap.get("histograms", {}).items():
-            hists.setdefault(k, []).append(v)
-    return {
-        "counters": counters,
-        "gauges": gauges,
-        "histograms": {k: merge_snapshots(v) for k, v in hists.items()},
-    }
+    return merge(snaps)
 
 
 def fmt(column: str, value: float) -> str:

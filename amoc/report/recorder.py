@@ -13,21 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from amoc import metrics
-from amoc.config import Config, Param
+from amoc.config import Config, Param, optional_text
 from amoc.report import html
 from amoc.report.figures import row, total
 
 log = logging.getLogger("amoc.report")
 
 MAX_ROWS = 7 * 24 * 3600  # a week of seconds
-
-
-def _optional_path(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"expected a directory path or None, got {type(value).__name__}")
-    return value
 
 
 def _flag(value: Any) -> bool:
@@ -38,7 +30,7 @@ def _flag(value: Any) -> bool:
 
 PARAMETERS: tuple[Param, ...] = (
     Param("report", True, "write a report when a scenario stops", _flag),
-    Param("report_dir", None, "where reports go (default: the release's reports/)", _optional_path),
+    Param("report_dir", None, "where reports go (default: the release's reports/)", optional_text),
 )
 
 Sampler = Callable[[], dict[str, Any]]
