@@ -27,11 +27,12 @@ xmpp-register:
 
 # The main job: DEMO_USERS users log in to a local ejabberd, each sends DEMO_MESSAGES chat
 # messages to its neighbour (one a second) and records time to delivery; then a report.
+# The server is removed at the end, so that each demo starts from an empty database.
 demo: deps dev rel
 	@$(MAKE) --no-print-directory xmpp-start
-	@set -e; trap '$(XMPP_TOOL) stop --name $(XMPP_NAME)' EXIT; \
+	@set -e; trap '$(XMPP_TOOL) remove --name $(XMPP_NAME)' EXIT; \
 	$(XMPP_TOOL) register --name $(XMPP_NAME) --first 1 --last $(DEMO_USERS); \
 	$(REL)/bin/amoc --name demo run xmpp_one_to_one --users $(DEMO_USERS) --rate $(DEMO_RATE) \
-		--duration 300 --comment "make demo" \
+		--duration 300 --comment "make demo" --max-error-ratio 0.01 \
 		--set xmpp_port=$(XMPP_PORT) --set repeat_num=1 \
 		--set messages_per_user=$(DEMO_MESSAGES) --set message_interval=1000
