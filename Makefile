@@ -32,7 +32,7 @@ rel:
 local-console: rel
 	$(REL)/bin/amoc console
 
-lint: dev
+lint: dev lint-ansible
 	$(VENV)/bin/ruff check amoc tests bench scenarios tools
 	$(VENV)/bin/ruff format --check amoc tests bench scenarios tools
 	$(VENV)/bin/mypy amoc

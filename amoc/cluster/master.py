@@ -27,7 +27,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from amoc import coordinator, metrics
 from amoc import scenario as scenario_mod
 from amoc.cluster import dispatch, keys
-from amoc.cluster.protocol import MAX_FRAME, Op, ProtocolError, Verb, decode, encode
+from amoc.cluster.protocol import MAX_FRAME, Op, ProtocolError, Verb, decode, encode, sent
 from amoc.config import Config
 from amoc.errors import AmocError, RunnerError
 
@@ -188,8 +188,10 @@ class Master:
         if self._sock is None:
             return False
         try:
-            self._sock.send_multipart([name.encode(), frame], zmq.NOBLOCK)
+            ok = sent(self._sock.send_multipart([name.encode(), frame], zmq.NOBLOCK))
         except (zmq.Again, zmq.ZMQError):
+            ok = False
+        if not ok:
             return False  # not connected (ROUTER_MANDATORY): the watchdog will see it
         self._m_out.inc(len(frame))
         return True

@@ -81,3 +81,18 @@ def field(msg: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
 
 def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
+
+
+def sent(result: Any) -> bool:
+    """Whether a non-blocking send of a zmq.asyncio socket went out.
+
+    Such a send reports failure (EAGAIN: no peer; EHOSTUNREACH: ROUTER_MANDATORY and the
+    peer is gone) in the future it returns, not by raising; an unread failure would be
+    logged as "never retrieved".
+    """
+    if not hasattr(result, "add_done_callback"):
+        return True
+    if result.done():
+        return not result.cancelled() and result.exception() is None
+    result.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return True

@@ -27,7 +27,16 @@ from zmq.utils.monitor import recv_monitor_message
 from amoc import __version__, coordinator, metrics, throttle
 from amoc import scenario as scenario_mod
 from amoc.cluster import keys
-from amoc.cluster.protocol import MAX_FRAME, Op, ProtocolError, Verb, decode, encode, field
+from amoc.cluster.protocol import (
+    MAX_FRAME,
+    Op,
+    ProtocolError,
+    Verb,
+    decode,
+    encode,
+    field,
+    sent,
+)
 from amoc.config import Config
 from amoc.errors import AmocError
 from amoc.runner import Controller
@@ -123,10 +132,9 @@ class SlaveLink:
     def _send(self, frame: bytes) -> bool:
         assert self._sock is not None
         try:
-            self._sock.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
+            return sent(self._sock.send(frame, zmq.NOBLOCK))
+        except (zmq.Again, zmq.ZMQError):
             return False  # no master connected: the next heartbeat says it all again
-        return True
 
     def heartbeat(self) -> bytes:
         """This node as the master sees it."""

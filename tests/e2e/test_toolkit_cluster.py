@@ -36,13 +36,17 @@ PARAMETERS = [
 
 def _pair(event, a, b):
     metrics.counter("probe.pairs").inc()
+
+
+def _every_pair(event, a, b):
+    metrics.counter("probe.all_pairs").inc()
     if a[1] != b[1]:
-        metrics.counter("probe.pairs.cross_node").inc()
+        metrics.counter("probe.all_pairs.cross_node").inc()
 
 
 def init():
     throttle.start("probe", amoc_config.get("probe_rate"))
-    coordinator.start("pairs", [(2, _pair)], timeout=60_000)
+    coordinator.start("pairs", [(2, _pair), ("all", _every_pair)], timeout=3_000)
 
 
 async def start(user_id):
@@ -74,10 +78,12 @@ def test_throttle_coordinator_terminate_and_parameters(cluster: Cluster) -> None
     assert out.startswith("running toolkit_probe: 20 placed"), out
     term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 20, timeout=30)
 
-    # The coordinator paired the users across the nodes, each pair's action ran once.
+    # The coordinator grouped the users of both nodes: 10 pairs as they came, each pair's
+    # action run once; on the timeout, the "all" item saw all 20 users of both slaves:
+    # 190 distinct pairs, of which 10 x 10 across the nodes.
     term.wait('metrics.show().get("probe.pairs", 0)', lambda n: n == 10, timeout=15)
-    cross = term.value('metrics.show().get("probe.pairs.cross_node", 0)')
-    assert isinstance(cross, int) and cross >= 1
+    term.wait('metrics.show().get("probe.all_pairs", 0)', lambda n: n == 190, timeout=15)
+    assert term.value('metrics.show()["probe.all_pairs.cross_node"]') == 100
 
     # The throttle holds RATE per minute over the cluster (each slave gets half).
     time.sleep(2)  # past the start

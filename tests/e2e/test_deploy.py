@@ -1,0 +1,376 @@
+"""The README's road to many machines, on real hosts: a master and two slave hosts as
+network namespaces of this machine (tests/e2e/netns.py), each with its own sshd, address,
+host name and /home. The real `make prepare` (twice: the second changes nothing), `make
+deploy`, `make start`, the master's console through `make console` (ssh with a terminal),
+a failed deploy that leaves every host as it was, `make stop`; then the bad inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.e2e.netns import SSHD, NetnsHosts
+from tests.e2e.terminal import ANSI, PROMPT, Terminal
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_USER = "amoce2e"  # not `amoc`: the test makes and removes it on this machine
+LIMITS = Path(f"/etc/security/limits.d/amoc-{RUN_USER}.conf")
+PAM_SSHD = Path("/etc/pam.d/sshd")
+RECAP = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+@dataclass
+class Site:
+    """The namespace hosts and the inventory (with its group_vars/amoc) that names them."""
+
+    hosts: NetnsHosts
+    inventory: Path
+    env: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def make(
+        self,
+        target: str,
+        *args: str,
+        inventory: Path | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `make TARGET INVENTORY=...` in the checkout; time it."""
+        started = time.monotonic()
+        done = subprocess.run(
+            ["make", "-s", target, f"INVENTORY={inventory or self.inventory}", *args],
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        self.timings.setdefault(target, time.monotonic() - started)
+        return done
+
+    def ssh(self, host: str, command: str) -> str:
+        """Run a command on a host as the run user, with OpenSSH."""
+        options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
+        options += ["-o", f"UserKnownHostsFile={self.hosts.known_hosts}"]
+        done = subprocess.run(
+            [
+                "ssh",
+                "-i",
+                str(self.hosts.key),
+                *options,
+                f"{RUN_USER}@{self.hosts.address(host)}",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"{host}: {command}: {done.stderr}"
+        return done.stdout
+
+    def home(self, host: str) -> Path:
+        """The run user's home on `host`, seen from this namespace."""
+        return self.hosts.hosts[host].home / RUN_USER
+
+    def hostname(self, host: str) -> str:
+        """The host name of `host` (node names are sN@<host name>)."""
+        return self.hosts.hosts[host].hostname
+
+
+def recap(output: str) -> dict[str, tuple[int, int, int]]:
+    """Ansible's PLAY RECAP: host -> (changed, unreachable, failed)."""
+    return {m[1]: (int(m[2]), int(m[3]), int(m[4])) for m in RECAP.finditer(output)}
+
+
+def write_inventory(
+    directory: Path, hosts: NetnsHosts, extra: str = "", key: Path | None = None
+) -> Path:
+    """An inventory for the namespace hosts, with the checkout's group_vars/amoc (edited)."""
+    common = f"-o StrictHostKeyChecking=no -o UserKnownHostsFile={hosts.known_hosts}"
+    (directory / "group_vars").mkdir(parents=True, exist_ok=True)
+    inventory = directory / "hosts"
+    inventory.write_text(
+        "[amoc_master]\n"
+        f"master ansible_host={hosts.address('master')}\n\n"
+        "[amoc_slaves]\n"
+        f"slave1 ansible_host={hosts.address('slave1')} amoc_slave_nodes=2 amoc_capacity=2.0\n"
+        f"slave2 ansible_host={hosts.address('slave2')} amoc_slave_nodes=1\n"
+        f"{extra}\n"
+        "[amoc:children]\namoc_master\namoc_slaves\n\n"
+        "[amoc:vars]\n"
+        "ansible_user=root\n"
+        # Root's shell here puts pyenv's shims first in PATH; the hosts' own Python is this.
+        "ansible_python_interpreter=/usr/bin/python3\n"
+        f"ansible_ssh_private_key_file={key or hosts.key}\n"
+        f"ansible_ssh_common_args='{common}'\n"
+    )
+    settings = (ROOT / "group_vars" / "amoc").read_text()
+    for name, value in {
+        "interarrival": "0",
+        "scenario_params": "{dummy_wait: 600000}",  # users stay running while we look
+        "amoc_user": RUN_USER,
+    }.items():
+        settings, count = re.subn(rf"^{name}:.*$", f"{name}: {value}", settings, flags=re.M)
+        assert count == 1, f"group_vars/amoc has no single {name} line"
+    settings += f"amoc_keys_dir: {directory.parent / 'keys'}\n"
+    (directory / "group_vars" / "amoc").write_text(settings)
+    return inventory
+
+
+def set_group_var(inventory: Path, name: str, value: str) -> None:
+    """Change one setting in the group_vars/amoc next to `inventory`."""
+    path = inventory.parent / "group_vars" / "amoc"
+    text, count = re.subn(rf"^{name}:.*$", f"{name}: {value}", path.read_text(), flags=re.M)
+    assert count == 1
+    path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    assert os.geteuid() == 0, "the deploy tests make network namespaces: run them as root"
+    assert SSHD.exists(), f"{SSHD} is missing: `make deps` installs openssh-server"
+    work = tmp_path_factory.mktemp("deploy")
+    user_existed = subprocess.run(["id", RUN_USER], capture_output=True).returncode == 0
+    limits_existed = LIMITS.exists()
+    pam_before = PAM_SSHD.read_bytes() if PAM_SSHD.exists() else None
+    hosts = NetnsHosts(work / "hosts", ["master", "slave1", "slave2"])
+    env = {
+        **os.environ,
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "cp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_HOST_PATTERN_MISMATCH": "ignore",
+    }
+    s = Site(hosts, work / "inventory" / "hosts", env)
+    try:
+        hosts.up()
+        write_inventory(work / "inventory", hosts)
+        yield s
+    finally:
+        print(f"\ntimings (s): {', '.join(f'{k} {v:.1f}' for k, v in s.timings.items())}")
+        hosts.down()  # every process in the namespaces, sshd by pid, links, namespaces
+        if not user_existed:
+            subprocess.run(["userdel", RUN_USER], capture_output=True)
+        if not limits_existed:
+            LIMITS.unlink(missing_ok=True)
+        if pam_before is not None and PAM_SSHD.read_bytes() != pam_before:
+            PAM_SSHD.write_bytes(pam_before)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class SshConsole(Terminal):
+    """The master's console through `make console` (ssh -t ... bin/amoc attach)."""
+
+    def __init__(self, site: Site) -> None:  # Terminal's methods on another program
+        self.child = pexpect.spawn(
+            "make",
+            ["-s", "console", f"INVENTORY={site.inventory}"],
+            cwd=str(ROOT),
+            env={**site.env, "TERM": "dumb"},
+            encoding="utf-8",
+            timeout=60,
+            dimensions=(50, 200),
+        )
+        self.child.expect(PROMPT)
+        self.banner = ANSI.sub("", self.child.before)
+
+
+def test_prepare_deploy_start_console_stop(site: Site) -> None:
+    first = site.make("prepare")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert set(recap(first.stdout)) >= {"master", "slave1", "slave2"}
+    assert all(u == f == 0 for _, u, f in recap(first.stdout).values()), first.stdout
+
+    started = time.monotonic()
+    again = site.make("prepare")
+    site.timings["prepare again"] = time.monotonic() - started
+    assert again.returncode == 0, again.stdout + again.stderr
+    for host in ("master", "slave1", "slave2"):
+        assert recap(again.stdout)[host] == (0, 0, 0), f"{host} changed on a 2nd prepare"
+
+    deploy = site.make("deploy")
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    master = site.hosts.address("master")
+    config = site.ssh("master", "cat ~/amoc_master/priv/app.config")
+    assert 'cluster_role = "master"' in config
+    assert f'cluster_bind = "tcp://{master}:4200"' in config
+    config = site.ssh("slave1", "cat ~/amoc/priv/app.config")
+    assert 'cluster_role = "slave"' in config and "cluster_capacity = 2.0" in config
+    assert f'cluster_master = "tcp://{master}:4200"' in config
+    assert "interarrival = 0" in config and "dummy_wait = 600000" in config
+    keys = site.ssh("master", "cd ~/amoc_master/keys && stat -c '%a %n' *").split()
+    assert keys == ["600", "master.key_secret", "600", "node.key"]
+    keys = site.ssh("slave2", "cd ~/amoc/keys && stat -c '%a %n' *").split()
+    assert keys == ["600", "master.key", "600", "node.key_secret"]
+
+    start = site.make("start")
+    assert start.returncode == 0, start.stdout + start.stderr
+    assert "cluster up: 3 slave nodes on 2 hosts" in start.stdout, start.stdout
+
+    s1, s2 = site.hostname("slave1"), site.hostname("slave2")
+    nodes = [f"s1@{s1}", f"s1@{s2}", f"s2@{s1}"]
+    term = SshConsole(site)
+    try:
+        assert "amoc console on node 'master'" in term.banner
+        seen = term.value('sorted((n["name"], n["host"], n["up"]) for n in nodes())')
+        assert seen == [(nodes[0], s1, True), (nodes[1], s2, True), (nodes[2], s1, True)]
+        out = term.run('amoc_dist.do("dummy", 1, 6)')
+        assert out.startswith("running dummy: 6 placed"), out
+        term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 6)
+        placement = term.value("amoc_dist.placement()")
+        assert isinstance(placement, dict) and sorted(placement) == nodes
+        assert all(len(ids) == 2 for ids in placement.values()), placement
+        assert sorted(i for ids in placement.values() for i in ids) == [1, 2, 3, 4, 5, 6]
+        by_host = term.value(
+            '{h: sum(n["running"] for n in nodes() if n["host"] == h) '
+            'for h in {n["host"] for n in nodes()}}'
+        )
+        assert by_host == {s1: 4, s2: 2}
+        assert "detached" in term.leave()
+    finally:
+        if term.child.isalive():
+            term.child.close(force=True)
+
+    # What each host runs, as `make status` sees it on the hosts themselves.
+    status = site.make("status")
+    assert status.returncode == 0, status.stderr
+    running = re.findall(r"^\[(slave\d)\]\s+users: (\d+) running", status.stdout, re.M)
+    assert sorted(running) == [("slave1", "2"), ("slave1", "2"), ("slave2", "2")], status.stdout
+    logs = site.make("logs", "LINES=5")
+    assert logs.returncode == 0 and "scenario dummy: starting 2 users" in logs.stdout
+
+    # A deploy that fails on one host switches no host: all keep what they run.
+    links = {h: os.readlink(site.home(h) / n) for h, n in _installs()}
+    releases = site.home("slave2") / "releases"
+    releases.chmod(0o555)
+    set_group_var(site.inventory, "interarrival", "5")  # a new release everywhere
+    try:
+        failed = site.make("deploy")
+    finally:
+        releases.chmod(0o755)
+        set_group_var(site.inventory, "interarrival", "0")
+    assert failed.returncode != 0
+    assert re.search(r"^(fatal|failed): \[slave2\]", failed.stdout, re.M), failed.stdout
+    assert {h: os.readlink(site.home(h) / n) for h, n in _installs()} == links
+    assert "interarrival = 0" in site.ssh("slave1", "cat ~/amoc/priv/app.config")
+    status = site.make("status")
+    assert len(re.findall(r"users: 2 running", status.stdout)) == 3, status.stdout
+
+    stop = site.make("stop")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    status = site.make("status")
+    assert status.stdout.count("no node running") == 3, status.stdout
+
+
+def _installs() -> list[tuple[str, str]]:
+    return [("master", "amoc_master"), ("slave1", "amoc"), ("slave2", "amoc")]
+
+
+def test_an_unreachable_host_is_named_and_nothing_changes(site: Site) -> None:
+    with socket.socket() as sock:  # a loopback port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    directory = site.inventory.parent.parent / "unreachable"
+    inventory = write_inventory(
+        directory, site.hosts, extra=f"slave3 ansible_host=127.0.0.1 ansible_port={port}\n"
+    )
+    done = site.make("prepare", inventory=inventory)
+    assert done.returncode != 0
+    assert f"host slave3 is unreachable as root@127.0.0.1:{port}" in done.stdout, done.stdout
+    assert "not every host is ready: slave3 failed" in done.stdout
+    assert all(changed == 0 for changed, _, _ in recap(done.stdout).values())
+
+
+def test_a_wrong_ssh_key_is_named(site: Site, tmp_path: Path) -> None:
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other], check=True)
+    inventory = write_inventory(tmp_path / "inventory", site.hosts, key=other)
+    # Its own ssh control sockets: the suite's would carry the right key's logins over.
+    done = site.make(
+        "deploy", inventory=inventory, env={"ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp_path)}
+    )
+    assert done.returncode != 0
+    for host in ("master", "slave1", "slave2"):
+        assert f"host {host} is unreachable as {RUN_USER}@" in done.stdout, done.stdout
+    assert "Permission denied (publickey)" in done.stdout
+
+
+def _offline_inventory(directory: Path, settings: dict[str, str], host_vars: str = "") -> Path:
+    """An inventory whose hosts are never contacted (the checks come first)."""
+    (directory / "group_vars").mkdir(parents=True)
+    text = (ROOT / "group_vars" / "amoc").read_text()
+    for name, value in settings.items():
+        text, count = re.subn(rf"^{name}:.*$", f"{name}: {value}", text, flags=re.M)
+        assert count == 1
+    (directory / "group_vars" / "amoc").write_text(text)
+    inventory = directory / "hosts"
+    inventory.write_text(
+        f"[amoc_master]\nm ansible_host=127.0.0.1 ansible_port=9 {host_vars}\n"
+        "[amoc_slaves]\ns ansible_host=127.0.0.1 ansible_port=9\n"
+        "[amoc:children]\namoc_master\namoc_slaves\n"
+    )
+    return inventory
+
+
+def _make(target: str, inventory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "-s", target, f"INVENTORY={inventory}"],
+        cwd=ROOT,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "host_vars", "message"),
+    [
+        ({"xmpp_port": '"5222"'}, "", 'xmpp_port = "5222" (str) for host m: xmpp_port must be'),
+        ({"repeat_num": "0"}, "", "repeat_num = 0 (int) for host m: repeat_num must be"),
+        ({"interarrival": "fast"}, "", "interarrival must be a number of milliseconds"),
+        ({"scenario_params": "{dummy_wait: {a: 1}}"}, "", "scenario_params.dummy_wait = "),
+        ({}, "amoc_capacity=-1", "amoc_capacity = -1 for host m: amoc_capacity must be"),
+    ],
+)
+def test_a_wrong_typed_variable_is_named(
+    tmp_path: Path, settings: dict[str, str], host_vars: str, message: str
+) -> None:
+    done = _make("deploy", _offline_inventory(tmp_path, settings, host_vars))
+    assert done.returncode != 0
+    assert message in done.stdout, done.stdout
+    assert "PLAY [Build the release" not in done.stdout  # stopped before any change
+
+
+def test_a_missing_or_malformed_inventory_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    done = _make("deploy", missing)
+    assert done.returncode != 0
+    assert f"the inventory '{missing}' does not exist" in done.stderr
+
+    malformed = tmp_path / "hosts"
+    malformed.write_text("[amoc_master\nm ansible_host=127.0.0.1\n")
+    done = _make("prepare", malformed)
+    assert done.returncode != 0
+    assert f"Unable to parse {malformed} as an inventory source" in done.stdout + done.stderr
+    done = _make("start", malformed)
+    assert done.returncode != 0 and f"the inventory '{malformed}' cannot be read" in done.stderr
+
+    no_master = tmp_path / "no_master"
+    no_master.write_text("[amoc_slaves]\ns ansible_host=127.0.0.1\n[amoc:children]\namoc_slaves\n")
+    done = _make("deploy", no_master)
+    assert done.returncode != 0
+    assert "needs exactly one host in [amoc_master] (it has 0)" in done.stdout, done.stdout
