@@ -1,4 +1,8 @@
-"""amoc.xmpp: XMPP users for scenarios, in the spirit of escalus, over slixmpp.
+"""amoc.xmpp: XMPP users for scenarios, in the spirit of escalus.
+
+Two clients with one API, chosen by `xmpp_client`: "lean" (the default; amoc.xmpp.lean, an
+asyncio Protocol and expat, a fraction of the memory and CPU, plain TCP only) or "slixmpp"
+(amoc.xmpp.client, over slixmpp, with STARTTLS).
 
     client = await amoc.xmpp.connect(user_id)      # login, or LoginError(reason)
     await client.send_presence()                   # returns once the server echoed it
@@ -15,19 +19,23 @@ xmpp.logins.failed.<reason>, xmpp.disconnects (unexpected only), xmpp.messages.s
 histograms xmpp.login_time_ms and xmpp.ttd_ms (receiver side, see `amoc.xmpp.stamp`).
 """
 
-from amoc.xmpp.client import Client, Message, connect
+from amoc.xmpp.client import Client, Message
 from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, ReceiveTimeout, XmppError
+from amoc.xmpp.lean import LeanClient
 from amoc.xmpp.naming import jid, password, username
+from amoc.xmpp.session import Session, connect
 from amoc.xmpp.settings import PARAMETERS, Settings, settings
 
 __all__ = [
     "PARAMETERS",
     "Client",
     "ConnectionLost",
+    "LeanClient",
     "LoginError",
     "Message",
     "Reason",
     "ReceiveTimeout",
+    "Session",
     "Settings",
     "XmppError",
     "connect",

@@ -15,6 +15,12 @@ from amoc.config import Config, Param, amoc_config, non_negative_int, param
 from amoc.errors import ConfigError
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-1")
+# "lean": amoc.xmpp.lean (asyncio Protocol + expat); "slixmpp": amoc.xmpp.client.
+# lean is the default: a tenth of slixmpp's memory per user, half its CPU per message and
+# a fifth of its CPU per login (bench/RESULTS.md, bench/bench_tsung.py); slixmpp remains
+# for STARTTLS, which the lean client does not implement.
+CLIENTS = ("lean", "slixmpp")
+DEFAULT_CLIENT = "lean"
 
 
 def _text(value: Any) -> str:
@@ -55,6 +61,13 @@ def _sasl(value: Any) -> str:
     return mech
 
 
+def _client(value: Any) -> str:
+    kind = _text(value).strip().lower()
+    if kind not in CLIENTS:
+        raise ValueError(f"must be one of {', '.join(CLIENTS)}")
+    return kind
+
+
 def _positive_ms(value: Any) -> float | int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected milliseconds as a number, got {type(value).__name__}")
@@ -77,6 +90,12 @@ PARAMETERS: list[Param] = [
     param("xmpp_reply_timeout", 5_000, "ms to wait for a presence echo", _positive_ms),
     param("xmpp_stop_timeout", 5_000, "ms allowed for a clean stream close", _positive_ms),
     param("xmpp_inbox_size", 100, "messages kept for wait_message (0: none)", non_negative_int),
+    param(
+        "xmpp_client",
+        DEFAULT_CLIENT,
+        "client: lean (asyncio + expat, plain TCP) or slixmpp (also STARTTLS)",
+        _client,
+    ),
 ]
 
 _BY_SHORT_NAME = {p.name.removeprefix("xmpp_"): p for p in PARAMETERS}
@@ -99,6 +118,7 @@ class Settings:
     reply_timeout: float
     stop_timeout: float
     inbox_size: int
+    client: str = DEFAULT_CLIENT
 
 
 _FIELDS = {f.name for f in fields(Settings)}

@@ -1,0 +1,676 @@
+"""One simulated user's XMPP session on a bare asyncio Protocol: the lean client.
+
+The same helper API, metrics and errors as the slixmpp-based `amoc.xmpp.client.Client`;
+pick it with `xmpp_client = "lean"`. What makes it lean (see bench/RESULTS.md):
+
+- the client is the Protocol: one object per user, plus the transport and the socket;
+- received bytes go to expat (`amoc.xmpp.parser`), which borrows a pooled parser per read,
+  so a connection between stanzas holds no parser at all;
+- stanzas it sends are formatted text, written at once (no send queue, no task);
+- no task and no timer per client: timeouts exist only while a call waits.
+
+It speaks RFC 6120 client streams: stream header, SASL PLAIN or SCRAM-SHA-1 (verifying the
+server's signature), stream restart, resource binding, the legacy session if the server
+requires it, stream errors, and answers the server's IQ requests (ping, else
+service-unavailable). STARTTLS is not implemented: `xmpp_tls = true` is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import cast
+from xml.sax.saxutils import escape, quoteattr
+
+from amoc import metrics
+from amoc.errors import ConfigError
+from amoc.xmpp import naming, scram, stamp
+from amoc.xmpp.client import Message
+from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, ReceiveTimeout, XmppError
+from amoc.xmpp.parser import STREAMS_NS, Element, StreamParser, XmlError
+from amoc.xmpp.settings import Settings
+
+log = logging.getLogger("amoc.xmpp")
+
+_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+_STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
+_STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+_CLIENT = "jabber:client"
+
+_FEATURES = f"{STREAMS_NS} features"
+_STREAM_ERROR = f"{STREAMS_NS} error"
+_MECHANISMS = f"{_SASL} mechanisms"
+_CHALLENGE = f"{_SASL} challenge"
+_SUCCESS = f"{_SASL} success"
+_FAILURE = f"{_SASL} failure"
+_BIND_TAG = f"{_BIND} bind"
+_JID = f"{_BIND} jid"
+_SESSION_TAG = f"{_SESSION} session"
+_OPTIONAL = f"{_SESSION} optional"
+_MESSAGE = f"{_CLIENT} message"
+_PRESENCE = f"{_CLIENT} presence"
+_IQ = f"{_CLIENT} iq"
+_BODY = f"{_CLIENT} body"
+_STAMP = f"{stamp.NAMESPACE} stamp"
+_DELAY = "urn:xmpp:delay delay"
+_PING = "urn:xmpp:ping ping"
+
+_CLOSE = b"</stream:stream>"
+_PRESENCE_TEXT = b"<presence/>"
+
+
+@functools.lru_cache(maxsize=64)
+def _header(domain: str) -> bytes:
+    return (
+        f"<?xml version='1.0'?><stream:stream xmlns='{_CLIENT}' xmlns:stream='{STREAMS_NS}' "
+        f"to={quoteattr(domain)} version='1.0' xml:lang='en'>"
+    ).encode()
+
+
+def _local(tag: str) -> str:
+    """'ns local' -> 'local'."""
+    return tag.rpartition(" ")[2]
+
+
+def _condition(element: Element, namespace: str) -> tuple[str, str]:
+    """(condition, text) of a stream, SASL or stanza error element."""
+    condition, text = "", ""
+    for child in element.children:
+        ns, _, name = child.tag.rpartition(" ")
+        if name == "text":
+            text = child.text
+        elif ns == namespace and not condition:
+            condition = name
+    return condition or "undefined-condition", text
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    LOGGING_IN = "logging in"
+    ONLINE = "online"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class LeanClient(asyncio.Protocol):
+    """A logged-in XMPP user on its own asyncio Protocol; see `amoc.xmpp.connect`."""
+
+    __slots__ = (
+        "_closed",
+        "_echoed",
+        "_inbox",
+        "_login",
+        "_lost",
+        "_online_counted",
+        "_parser",
+        "_password",
+        "_scram",
+        "_session_required",
+        "_state",
+        "_step",
+        "_stream_error",
+        "_tcp",
+        "_to",
+        "_transport",
+        "_waiters",
+        "bound_jid",
+        "jid",
+        "received",
+        "sent",
+        "settings",
+        "user_id",
+        "username",
+    )
+
+    def __init__(self, user_id: int, config: Settings, username: str) -> None:
+        self.user_id = user_id
+        self.settings = config
+        self.username = username
+        self.jid = f"{username}@{config.domain}"
+        self.bound_jid = ""  # the full JID the server bound
+        self.received = 0
+        self.sent = 0
+        self._inbox: deque[Message] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._state = _State.NEW
+        self._login: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._lost: ConnectionLost | None = None
+        self._stream_error = ""
+        self._tcp = False
+        self._online_counted = False
+        self._echoed = False
+        self._transport: asyncio.Transport | None = None
+        self._parser: StreamParser | None = None
+        # The current login step or the online handler, as a plain function: a bound
+        # method kept in an attribute would make each client a reference cycle.
+        self._step: Callable[[LeanClient, Element], None] = LeanClient._unexpected
+        self._password = ""
+        self._scram: scram.Scram | None = None
+        self._session_required = False
+        self._to: tuple[int, str] = (0, "")  # the last user id sent to, and its quoted JID
+
+    def __repr__(self) -> str:
+        return f"<amoc.xmpp.LeanClient {self.jid} {self._state.value}>"
+
+    @property
+    def connected(self) -> bool:
+        """True while the session is up (logged in, not stopped, not lost)."""
+        return self._state is _State.ONLINE
+
+    # -- login ------------------------------------------------------------------------------
+
+    async def _open(self, password: str) -> None:
+        s = self.settings
+        if s.tls:
+            raise ConfigError(
+                "xmpp_client = 'lean' does not implement STARTTLS: set xmpp_tls = false "
+                "(a plain-TCP server) or xmpp_client = 'slixmpp'"
+            )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._login = loop.create_future()
+        self._state = _State.LOGGING_IN
+        self._password = password
+        try:
+            async with asyncio.timeout(s.connect_timeout / 1000.0):
+                try:
+                    await loop.create_connection(lambda: self, s.host, s.port)
+                except ConnectionRefusedError:
+                    raise LoginError(
+                        "connection refused: is the XMPP server running on that host and port?",
+                        Reason.REFUSED,
+                    ) from None
+                except OSError as exc:
+                    raise LoginError(f"cannot connect: {exc}", Reason.CONNECTION_ERROR) from None
+                await self._login
+        except TimeoutError:
+            stage = "connected but not logged in" if self._tcp else "no TCP connection"
+            self._teardown()
+            raise self._login_failed(
+                Reason.TIMEOUT,
+                f"no session within xmpp_connect_timeout = {s.connect_timeout} ms ({stage})",
+            ) from None
+        except LoginError as exc:
+            self._teardown()
+            raise self._login_failed(exc.reason or Reason.CONNECTION_ERROR, str(exc)) from None
+        except BaseException:
+            self._teardown()
+            raise
+        finally:
+            self._password = ""
+            self._scram = None
+        self._state = _State.ONLINE
+        self._online_counted = True
+        metrics.counter("xmpp.logins.ok").inc()
+        metrics.gauge("xmpp.connected").inc()
+        metrics.histogram("xmpp.login_time_ms").record((loop.time() - started) * 1000.0)
+
+    def _login_failed(self, reason: Reason, detail: str) -> LoginError:
+        s = self.settings
+        metrics.counter("xmpp.logins.failed").inc()
+        metrics.counter(f"xmpp.logins.failed.{reason.value}").inc()
+        if not self._tcp:
+            metrics.counter("xmpp.connections.failed").inc()
+        message = f"login of {self.jid} at {s.host}:{s.port} failed ({reason.value}): {detail}"
+        log.debug(message)
+        return LoginError(message, reason, self.user_id)
+
+    def _fail_login(self, reason: Reason, detail: str) -> None:
+        login = self._login
+        if self._state is _State.LOGGING_IN and login is not None and not login.done():
+            login.set_exception(LoginError(detail, reason, self.user_id))
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    # The login steps: each takes the next stanza of the stream.
+
+    def _sasl_features(self, features: Element) -> None:
+        if features.tag != _FEATURES:
+            return self._unexpected(features)
+        mechanisms = features.find(_MECHANISMS)
+        offered = [m.text.strip() for m in mechanisms.children] if mechanisms else []
+        mech = self.settings.sasl
+        if mech not in offered:
+            tls = " (does the server require STARTTLS?)" if not offered else ""
+            return self._fail_login(
+                Reason.NO_MECHANISM,
+                f"the server offers no usable SASL mechanism: {mech} not in "
+                f"{offered or 'its empty list'}{tls}",
+            )
+        if mech == "PLAIN":
+            initial = scram.plain(self.username, self._password)
+        else:
+            self._scram = scram.Scram(self.username, self._password)
+            initial = self._scram.client_first()
+        self._write(
+            f"<auth xmlns='{_SASL}' mechanism='{mech}'>"
+            f"{base64.b64encode(initial).decode()}</auth>".encode()
+        )
+        self._step = LeanClient._sasl_answer
+
+    def _sasl_answer(self, answer: Element) -> None:
+        tag = answer.tag
+        data = b""
+        if tag in (_CHALLENGE, _SUCCESS):
+            text = answer.text.strip()
+            try:
+                data = base64.b64decode(text, validate=True) if text != "=" else b""
+            except binascii.Error:
+                return self._fail_login(Reason.AUTH, f"malformed base64 in SASL {_local(tag)}")
+        try:
+            if tag == _CHALLENGE:
+                if self._scram is None:
+                    raise scram.ScramError("a challenge to PLAIN")
+                if self._scram.answered:  # the final message came as a challenge
+                    self._scram.verify(data)
+                    self._write(f"<response xmlns='{_SASL}'/>".encode())
+                else:
+                    final = base64.b64encode(self._scram.client_final(data)).decode()
+                    self._write(f"<response xmlns='{_SASL}'>{final}</response>".encode())
+                return None
+            if tag == _SUCCESS:
+                if self._scram is not None and data:
+                    self._scram.verify(data)
+                elif self._scram is not None and not self._scram.verified:
+                    raise scram.ScramError("success without the server's signature")
+                # RFC 6120 §6.4.6: a new stream on the same connection.
+                assert self._parser is not None
+                self._parser.restart()
+                self._write(_header(self.settings.domain))
+                self._step = LeanClient._bind_features
+                return None
+        except scram.ScramError as exc:
+            return self._fail_login(Reason.AUTH, f"SCRAM-SHA-1 failed: {exc}")
+        if tag == _FAILURE:
+            condition, text = _condition(answer, _SASL)
+            why = f"{condition} ({text})" if text else condition
+            return self._fail_login(
+                Reason.AUTH,
+                f"the server refused {self.settings.sasl} authentication: {why} "
+                "(wrong password, or the user is not registered)",
+            )
+        return self._unexpected(answer)
+
+    def _bind_features(self, features: Element) -> None:
+        if features.tag != _FEATURES:
+            return self._unexpected(features)
+        if features.find(_BIND_TAG) is None:
+            return self._fail_login(
+                Reason.CONNECTION_ERROR, "the server offers no resource binding after login"
+            )
+        session = features.find(_SESSION_TAG)
+        self._session_required = session is not None and session.find(_OPTIONAL) is None
+        resource = self.settings.resource
+        what = f"<resource>{escape(resource)}</resource>" if resource else ""
+        self._write(f"<iq type='set' id='bind'><bind xmlns='{_BIND}'>{what}</bind></iq>".encode())
+        self._step = LeanClient._bound
+
+    def _bound(self, iq: Element) -> None:
+        if iq.tag != _IQ or iq.get("id") != "bind":
+            return self._unexpected(iq)
+        if iq.get("type") != "result":
+            condition, _text = _condition(iq.find(f"{_CLIENT} error") or iq, _STANZA_ERRORS)
+            detail = f"resource binding failed: {condition}"
+            return self._fail_login(Reason.CONNECTION_ERROR, detail)
+        bind = iq.find(_BIND_TAG)
+        self.bound_jid = (bind.findtext(_JID) if bind is not None else "").strip() or self.jid
+        if self._session_required:
+            self._write(f"<iq type='set' id='session'><session xmlns='{_SESSION}'/></iq>".encode())
+            self._step = LeanClient._session_started
+        else:
+            self._logged_in()
+
+    def _session_started(self, iq: Element) -> None:
+        if iq.tag != _IQ or iq.get("id") != "session":
+            return self._unexpected(iq)
+        if iq.get("type") != "result":
+            condition, _text = _condition(iq.find(f"{_CLIENT} error") or iq, _STANZA_ERRORS)
+            return self._fail_login(Reason.CONNECTION_ERROR, f"session failed: {condition}")
+        self._logged_in()
+
+    def _logged_in(self) -> None:
+        self._step = LeanClient._online
+        login = self._login
+        if self._state is _State.LOGGING_IN and login is not None and not login.done():
+            login.set_result(None)
+
+    def _unexpected(self, element: Element) -> None:
+        if element.tag == _STREAM_ERROR:
+            return self._on_stream_error(element)
+        if element.tag == _IQ:
+            return self._answer_iq(element)
+        if self._state is _State.LOGGING_IN:
+            log.debug("%s: ignored during login: %r", self.jid, element)
+        return None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """TCP is up: open the stream."""
+        # uvloop's transports are not asyncio.Transport instances: no isinstance check.
+        self._transport = transport = cast(asyncio.Transport, transport)
+        self._tcp = True
+        metrics.counter("xmpp.connections.ok").inc()
+        self._parser = StreamParser(self)
+        self._step = LeanClient._sasl_features
+        transport.write(_header(self.settings.domain))
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the server: to the parser, which calls back per stanza."""
+        parser = self._parser
+        if parser is None:
+            return
+        try:
+            parser.feed(data)
+        except XmlError as exc:
+            self._protocol_error("not-well-formed", f"the server sent bad XML: {exc}")
+
+    def eof_received(self) -> bool | None:
+        """The server shut its side: close ours (connection_lost follows)."""
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection is gone: fail the login, or end the session, and wake waiters."""
+        self._transport = None
+        self._drop_parser()
+        closed = self._closed
+        if closed is not None and not closed.done():
+            closed.set_result(None)
+        why = f"stream error {self._stream_error}" if self._stream_error else ""
+        if self._state is _State.LOGGING_IN:
+            self._fail_login(
+                Reason.STREAM_ERROR if why else Reason.CLOSED,
+                why or "the server closed the connection during login",
+            )
+            return
+        if self._state is not _State.ONLINE:
+            return
+        why = why or (f"connection closed: {exc}" if exc else "connection closed")
+        self._lost = ConnectionLost(
+            f"{self.jid}: the server ended the session ({why})",
+            Reason.STREAM_ERROR if self._stream_error else Reason.CLOSED,
+            self.user_id,
+        )
+        log.debug("%s", self._lost)
+        metrics.counter("xmpp.disconnects").inc()
+        self._leave_online()
+        self._state = _State.CLOSED
+        self._wake()
+
+    # -- what the parser finds --------------------------------------------------------------
+
+    def stream_opened(self, attrs: dict[str, str]) -> None:
+        """The server's stream header: only XMPP 1.x streams can go on."""
+        version = attrs.get("version", "0.9")
+        if not version.startswith("1."):
+            self._protocol_error(
+                "unsupported-version", f"the server speaks XMPP stream version {version}"
+            )
+
+    def stanza(self, element: Element) -> None:
+        """A stanza (or login element) from the server: to the current step."""
+        self._step(self, element)
+
+    def stream_closed(self) -> None:
+        """The server ended its stream: end ours; connection_lost tells who waits."""
+        closed = self._closed
+        if closed is not None and not closed.done():
+            closed.set_result(None)
+            return
+        if self._transport is not None:
+            self._transport.write(_CLOSE)
+            self._transport.close()
+
+    def _online(self, element: Element) -> None:
+        tag = element.tag
+        if tag == _MESSAGE:
+            self._on_message(element)
+        elif tag == _PRESENCE:
+            if (
+                not self._echoed
+                and element.attrs.get("from") == self.bound_jid
+                and element.attrs.get("type") is None
+            ):
+                self._echoed = True
+                self._wake()
+        elif tag == _IQ:
+            self._answer_iq(element)
+        elif tag == _STREAM_ERROR:
+            self._on_stream_error(element)
+
+    def _on_message(self, element: Element) -> None:
+        received_us = stamp.now_us()
+        attrs = element.attrs
+        if attrs.get("type") == "error":
+            metrics.counter("xmpp.messages.errors").inc()
+            return
+        body = ""
+        sent_us = None
+        delayed = False
+        for child in element.children:
+            tag = child.tag
+            if tag == _BODY:
+                body = child.text
+            elif tag == _STAMP:
+                sent_us = stamp.decode_value(child.attrs.get("us"))
+            elif tag == _DELAY:
+                delayed = True
+        self.received += 1
+        metrics.counter("xmpp.messages.received").inc()
+        ttd = None
+        if sent_us is not None:
+            ttd = stamp.ttd_ms(sent_us, received_us)
+            metrics.histogram("xmpp.ttd_ms").record(ttd)
+        size = self.settings.inbox_size
+        if size > 0:
+            inbox = self._inbox
+            if inbox is None:
+                inbox = self._inbox = deque(maxlen=size)
+            elif len(inbox) == size:
+                metrics.counter("xmpp.messages.dropped").inc()
+            inbox.append(Message(attrs.get("from", ""), body, sent_us, ttd, delayed))
+        if self._waiters:
+            self._wake()
+
+    def _answer_iq(self, iq: Element) -> None:
+        kind = iq.get("type")
+        if kind not in ("get", "set"):
+            return
+        to = f" to={quoteattr(iq.get('from'))}" if iq.get("from") else ""
+        ident = quoteattr(iq.get("id"))
+        if kind == "get" and iq.find(_PING) is not None:
+            self._write(f"<iq type='result' id={ident}{to}/>".encode())
+        else:
+            self._write(
+                f"<iq type='error' id={ident}{to}><error type='cancel'>"
+                f"<service-unavailable xmlns='{_STANZA_ERRORS}'/></error></iq>".encode()
+            )
+
+    def _on_stream_error(self, element: Element) -> None:
+        condition, text = _condition(element, _STREAM_ERRORS)
+        self._stream_error = f"{condition}: {text}" if text else condition
+        self._fail_login(Reason.STREAM_ERROR, f"stream error {self._stream_error}")
+
+    def _protocol_error(self, condition: str, detail: str) -> None:
+        log.debug("%s: %s", self.jid, detail)
+        self._stream_error = f"{condition} (ours: {detail})"
+        self._fail_login(Reason.STREAM_ERROR, detail)
+        self._drop_parser()
+        transport = self._transport
+        if transport is not None:
+            transport.write(
+                f"<stream:error><{condition} xmlns='{_STREAM_ERRORS}'/></stream:error>".encode()
+                + _CLOSE
+            )
+            transport.close()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def send_presence(self, wait: bool = True, timeout_ms: float | None = None) -> None:
+        """Send initial presence; with `wait`, return once the server echoed it back."""
+        transport = self._live()
+        self._echoed = False
+        transport.write(_PRESENCE_TEXT)
+        if wait:
+            await self._wait_until(lambda: self._echoed, timeout_ms, "echo of its presence")
+
+    def send_chat(self, to: int | str, body: str | None = None) -> None:
+        """Send a stamped chat message to user id `to` or to a JID string.
+
+        A user id is addressed by its full JID (with xmpp_resource), as the slixmpp client
+        does (see its `send_chat` for why).
+        """
+        transport = self._live()
+        self.sent = sent = self.sent + 1
+        if isinstance(to, int):
+            last_id, target = self._to
+            if last_id != to or not target:
+                target = quoteattr(naming.jid(to, self.settings, resource=True))
+                self._to = (to, target)
+        else:
+            target = quoteattr(to)
+        text = f"message {sent} from {self.username}" if body is None else escape(body)
+        transport.write(
+            f"<message to={target} type='chat' id='{self.user_id}-{sent}'><body>{text}</body>"
+            f"<stamp xmlns='{stamp.NAMESPACE}' us='{stamp.now_us()}'/></message>".encode()
+        )
+        metrics.counter("xmpp.messages.sent").inc()
+
+    # -- receiving --------------------------------------------------------------------------
+
+    async def wait_message(self, timeout_ms: float | None = None) -> Message:
+        """The oldest unread chat message, waiting up to `timeout_ms` (default reply timeout)."""
+        if self.settings.inbox_size <= 0:
+            raise XmppError(f"{self.jid}: wait_message needs an inbox (xmpp_inbox_size > 0)")
+        if not self._inbox:
+            await self._wait_until(lambda: bool(self._inbox), timeout_ms, "message")
+        assert self._inbox is not None
+        return self._inbox.popleft()
+
+    async def wait_received(self, count: int, timeout_ms: float | None = None) -> None:
+        """Wait until `received` (chat messages since login) reaches `count`."""
+        if self.received < count:
+            await self._wait_until(
+                lambda: self.received >= count,
+                timeout_ms,
+                f"{count} messages (got {self.received})",
+            )
+
+    def inbox(self) -> list[Message]:
+        """The unread messages, oldest first (they stay unread)."""
+        return list(self._inbox or ())
+
+    def take_messages(self) -> list[Message]:
+        """Remove and return the unread messages, oldest first (no waiting)."""
+        if not self._inbox:
+            return []
+        taken = list(self._inbox)
+        self._inbox.clear()
+        return taken
+
+    async def _wait_until(
+        self, ready: Callable[[], bool], timeout_ms: float | None, what: str
+    ) -> None:
+        timeout = self.settings.reply_timeout if timeout_ms is None else timeout_ms
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout / 1000.0):
+                while not ready():
+                    self._live()
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        if waiter in self._waiters:
+                            self._waiters.remove(waiter)
+        except TimeoutError:
+            metrics.counter("xmpp.messages.timeouts").inc()
+            raise ReceiveTimeout(
+                f"{self.jid}: no {what} within {timeout} ms", Reason.TIMEOUT, self.user_id
+            ) from None
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _live(self) -> asyncio.Transport:
+        transport = self._transport
+        if self._state is _State.ONLINE and transport is not None:
+            return transport
+        if self._lost is not None:
+            raise self._lost
+        raise XmppError(f"{self.jid}: the client is {self._state.value}", None, self.user_id)
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Close the stream cleanly (bounded by xmpp_stop_timeout); safe to call twice."""
+        if self._state in (_State.CLOSING, _State.CLOSED, _State.NEW):
+            return
+        if self._state is _State.LOGGING_IN:  # connect() is still running in another task
+            self._fail_login(Reason.CLOSED, "stop() was called during login")
+            self._teardown()
+            return
+        self._state = _State.CLOSING
+        self._leave_online()
+        transport = self._transport
+        try:
+            if transport is not None:
+                self._closed = closed = asyncio.get_running_loop().create_future()
+                transport.write(_CLOSE)
+                async with asyncio.timeout(self.settings.stop_timeout / 1000.0):
+                    await closed  # the server's </stream:stream>, or the connection's end
+        except TimeoutError:
+            log.debug("%s: clean close timed out, aborting", self.jid)
+        finally:
+            self._teardown(graceful=True)
+            self._wake()
+
+    async def __aenter__(self) -> LeanClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    def _drop_parser(self) -> None:
+        parser, self._parser = self._parser, None
+        if parser is not None:
+            parser.close()
+
+    def _leave_online(self) -> None:
+        if self._online_counted:
+            self._online_counted = False
+            metrics.gauge("xmpp.connected").dec()
+
+    def _teardown(self, graceful: bool = False) -> None:
+        self._state = _State.CLOSED
+        transport, self._transport = self._transport, None
+        self._drop_parser()
+        if transport is not None:
+            if graceful:
+                transport.close()
+            else:
+                transport.abort()
+
+
+async def connect(
+    user_id: int, config: Settings, username: str | None = None, password: str | None = None
+) -> LeanClient:
+    """Log user `user_id` in with resolved settings; `LoginError` with a `reason` if not."""
+    client = LeanClient(user_id, config, username or naming.username(user_id, config))
+    await client._open(naming.password(user_id, config) if password is None else password)
+    return client

@@ -1,0 +1,336 @@
+"""Incremental parsing of an XMPP stream with expat: bytes in, one `Element` per stanza out.
+
+    parser = StreamParser(handler)   # handler.stream_opened / .stanza / .stream_closed
+    parser.feed(data)   # any split: byte by byte, several stanzas, inside a UTF-8 character
+    parser.restart()    # after SASL success: the server sends a new stream header
+
+Expat (C) does all the XML work: tokens, UTF-8, namespaces, well-formedness. An expat parser
+costs about 10 KiB, more than everything else a connection holds, so connections do not
+keep one each. Between two stanzas a stream's parser is inside the stream root with nothing
+pending, and any parser in that state, under a root with the same namespace declarations,
+parses the next stanza exactly alike. So a connection that is between stanzas holds no
+parser: it borrows an idle one from a pool for each read and gives it back when the read
+ended on a stanza boundary. A read that ends inside a stanza keeps the parser until the
+stanza is complete. The pool holds a few parsers for thousands of connections.
+
+Restricted XML (RFC 6120 §11.1): a DOCTYPE, comment or processing instruction is an error,
+so no entity can be declared and expanded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn, Protocol
+from xml.parsers import expat
+from xml.sax.saxutils import quoteattr
+
+STREAMS_NS = "http://etherx.jabber.org/streams"
+# Tags are "namespace local" (expat's form with a space separator), interned once.
+STREAM_TAG = f"{STREAMS_NS} stream"
+
+# Idle parsers kept per set of root namespace declarations; more are dropped.
+POOL_SIZE = 16
+
+NsKey = tuple[tuple[str, str], ...]
+
+
+class XmlError(Exception):
+    """The peer sent malformed or restricted XML; the stream cannot go on."""
+
+
+class Element:
+    """One parsed element: tag ("namespace local"), attributes, children, text."""
+
+    __slots__ = ("attrs", "children", "tag", "text")
+
+    def __init__(self, tag: str, attrs: dict[str, str]) -> None:
+        self.tag = tag
+        self.attrs = attrs
+        self.children: list[Element] = []
+        self.text = ""
+
+    def __repr__(self) -> str:
+        return f"<Element {self.tag!r} {self.attrs!r} {len(self.children)} children>"
+
+    def get(self, name: str, default: str = "") -> str:
+        """An attribute's value."""
+        return self.attrs.get(name, default)
+
+    def find(self, tag: str) -> Element | None:
+        """The first child with `tag`, or None."""
+        for child in self.children:
+            if child.tag == tag:
+                return child
+        return None
+
+    def findtext(self, tag: str, default: str = "") -> str:
+        """The text of the first child with `tag`, or `default`."""
+        child = self.find(tag)
+        return default if child is None else child.text
+
+
+class StreamHandler(Protocol):
+    """What a `StreamParser` calls back."""
+
+    def stream_opened(self, attrs: dict[str, str]) -> None:
+        """The peer's stream header (attributes without namespace declarations)."""
+
+    def stanza(self, element: Element) -> None:
+        """A complete top-level element."""
+
+    def stream_closed(self) -> None:
+        """The peer's `</stream:stream>`."""
+
+
+class _Restart(Exception):
+    """Raised inside expat to stop it at the first event after a stream restart."""
+
+
+_names: dict[str, str] = {}  # shared intern table: one string per tag and attribute name
+_PENDING = -2  # stop_at while a restart waits for the next event
+
+
+class _Expat:
+    """An expat parser and the state its handlers build; `sink` gets what they find.
+
+    The handlers are bound methods, so the parser and this object refer to each other:
+    `dispose()` breaks that cycle, and every parser that is dropped is disposed, so that
+    parsers (about 10 KiB each) are freed at once rather than by the cyclic collector.
+    """
+
+    __slots__ = ("depth", "fed", "key", "opening", "parser", "sink", "stack", "stop_at", "xmlns")
+
+    def __init__(self, sink: StreamParser | None, opening: bool = True) -> None:
+        p = expat.ParserCreate(None, " ", intern=_names)
+        p.StartElementHandler = self._start
+        p.EndElementHandler = self._end
+        p.CharacterDataHandler = self._text
+        p.StartNamespaceDeclHandler = self._xmlns
+        p.StartDoctypeDeclHandler = self._doctype
+        p.CommentHandler = self._comment
+        p.ProcessingInstructionHandler = self._pi
+        self.parser = p
+        self.sink = sink
+        self.opening = opening  # report the root to the sink (not for a primed parser)
+        self.depth = 0
+        self.fed = 0
+        self.stack: list[Element] = []
+        self.xmlns: list[tuple[str, str]] = []
+        self.key: NsKey | None = None
+        self.stop_at = -1
+
+    @classmethod
+    def primed(cls, key: NsKey) -> _Expat:
+        """A parser inside a stream root that declares the namespaces of `key`."""
+        self = cls(None, opening=False)
+        decls = " ".join(
+            f"xmlns{':' if prefix else ''}{prefix}={quoteattr(uri)}" for prefix, uri in key
+        )
+        prefix = next((p for p, uri in key if uri == STREAMS_NS), "")
+        root = f"{prefix}:stream" if prefix else "stream"
+        self.feed(f"<{root} {decls}>".encode())
+        if self.key != key or self.depth != 1:
+            raise XmlError(f"cannot open a stream root with the namespaces {key!r}")
+        return self
+
+    def feed(self, data: bytes) -> None:
+        self.fed += len(data)
+        self.parser.Parse(data, False)
+
+    def dispose(self) -> None:
+        """Break the parser <-> handlers cycle (the parser is never used again)."""
+        p = self.parser
+        p.StartElementHandler = p.EndElementHandler = p.CharacterDataHandler = None
+        p.StartNamespaceDeclHandler = p.StartDoctypeDeclHandler = None
+        p.CommentHandler = p.ProcessingInstructionHandler = None
+        self.sink = None
+        self.stack = []
+
+    def stop_at_next_event(self) -> None:
+        """Stop at the next event and record its position: a new stream starts there."""
+        p = self.parser
+        p.StartElementHandler = p.EndElementHandler = p.CharacterDataHandler = self._stop
+        self.sink = None
+        self.stop_at = _PENDING
+
+    # -- expat handlers (the hot path) ------------------------------------------------------
+
+    def _start(self, tag: str, attrs: dict[str, str]) -> None:
+        depth = self.depth = self.depth + 1
+        if depth > 2:
+            stack = self.stack
+            element = Element(tag, attrs)
+            stack[-1].children.append(element)
+            stack.append(element)
+            return
+        if depth == 2:
+            self.stack.append(Element(tag, attrs))
+            return
+        # The stream root: remember its namespace declarations, the key of its pool.
+        self.key = tuple(sorted(self.xmlns))
+        self.xmlns = []
+        self.parser.StartNamespaceDeclHandler = None
+        if tag != STREAM_TAG:
+            ns, _, local = tag.rpartition(" ")
+            raise XmlError(
+                f"the peer did not open an XMPP stream: root element {local!r} in namespace {ns!r}"
+            )
+        if self.opening and self.sink is not None:
+            self.sink.handler.stream_opened(attrs)
+
+    def _end(self, _tag: str) -> None:
+        depth = self.depth
+        self.depth = depth - 1
+        if depth > 2:
+            self.stack.pop()
+        elif depth == 2:
+            stanza = self.stack.pop()
+            if self.sink is not None:
+                self.sink.handler.stanza(stanza)
+        elif self.sink is not None:
+            self.sink.closed()
+
+    def _text(self, data: str) -> None:
+        if self.depth > 1:
+            element = self.stack[-1]
+            element.text += data
+
+    def _xmlns(self, prefix: str | None, uri: str) -> None:
+        if self.depth == 0:
+            self.xmlns.append((prefix or "", uri))
+
+    def _doctype(self, *_args: Any) -> None:
+        raise XmlError("restricted XML: the peer sent a DOCTYPE (RFC 6120 §11.1)")
+
+    def _comment(self, _data: str) -> None:
+        raise XmlError("restricted XML: the peer sent a comment (RFC 6120 §11.1)")
+
+    def _pi(self, target: str, _data: str) -> None:
+        raise XmlError(f"restricted XML: the peer sent a processing instruction <?{target}?>")
+
+    def _stop(self, *_args: Any) -> None:
+        # Installed for every event once a restart is asked: the old stream ends here.
+        self.stop_at = self.parser.CurrentByteIndex
+        raise _Restart
+
+
+_pool: dict[NsKey, list[_Expat]] = {}
+
+
+def pool_size() -> int:
+    """How many idle parsers the pool holds (for tests and memory checks)."""
+    return sum(len(idle) for idle in _pool.values())
+
+
+def _describe(exc: expat.ExpatError, x: _Expat, data: bytes) -> str:
+    """expat's reason and the bytes around the error (a pooled parser's line is useless)."""
+    at = x.parser.ErrorByteIndex - (x.fed - len(data))
+    if not 0 <= at <= len(data):
+        return expat.ErrorString(exc.code)
+    return f"{expat.ErrorString(exc.code)} at {data[max(0, at - 40) : at + 40]!r}"
+
+
+class StreamParser:
+    """The receiving side of one XMPP stream: feed bytes, get `handler` callbacks.
+
+    `feed` raises `XmlError` on malformed or restricted XML; the stream is then unusable
+    (XMPP has no recovery). `close()` when the connection ends returns what it holds.
+    """
+
+    __slots__ = ("_broken", "_closed", "_key", "_own", "handler")
+
+    def __init__(self, handler: StreamHandler) -> None:
+        self.handler = handler
+        self._key: NsKey | None = None  # the root's namespaces, once a stream is open
+        self._own: _Expat | None = None  # a parser held across reads (login, split stanza)
+        self._broken: str | None = None
+        self._closed = False
+
+    @property
+    def holds_parser(self) -> bool:
+        """Whether this stream keeps a parser of its own now (mid-stanza or opening)."""
+        return self._own is not None
+
+    def feed(self, data: bytes) -> None:
+        """Parse the next bytes of the stream, calling back for what completes."""
+        if self._broken is not None:
+            raise XmlError(self._broken)
+        if self._closed:
+            if data.strip():
+                self._fail(XmlError("the peer sent data after closing its stream"))
+            return
+        x = self._own
+        if x is None:
+            key = self._key
+            if key is None:
+                x = _Expat(self)
+            else:
+                idle = _pool.get(key)
+                x = idle.pop() if idle else _Expat.primed(key)
+                x.sink = self
+            self._own = x
+        try:
+            x.fed += len(data)
+            x.parser.Parse(data, False)
+        except _Restart:
+            self._restarted(x, data, x.stop_at)
+            return
+        except expat.ExpatError as exc:
+            if x.stop_at == _PENDING:  # the new stream's <?xml ...?> in the old parser
+                self._restarted(x, data, x.parser.ErrorByteIndex)
+                return
+            self._fail(XmlError(f"malformed XML from the peer: {_describe(exc, x, data)}"))
+        except XmlError as exc:
+            self._fail(exc)
+        except BaseException:
+            self.close()  # expat stopped mid-read: the parser's state is unknown
+            raise
+        if self._own is not x:  # the handler closed the stream during the read
+            return
+        if x.stop_at == _PENDING:  # restart asked, and nothing followed in this read
+            self._restarted(x, data, x.parser.CurrentByteIndex)
+        elif x.depth == 1 and x.parser.CurrentByteIndex == x.fed and x.key is not None:
+            # Between stanzas, nothing pending: the parser goes back to the pool.
+            self._own = None
+            key = self._key = x.key
+            x.sink = None
+            idle = _pool.get(key)
+            if idle is None:
+                _pool[key] = [x]
+            elif len(idle) < POOL_SIZE:
+                idle.append(x)
+            else:
+                x.dispose()
+
+    def restart(self) -> None:
+        """The stream restarts (RFC 6120 §4.3.3): what follows is a new stream header.
+
+        Call it from `stanza()` (after SASL success) or between reads; bytes that follow
+        in the same read go to the new stream.
+        """
+        self._key = None
+        if self._own is not None:
+            self._own.stop_at_next_event()
+
+    def close(self) -> None:
+        """The connection is gone: drop the parser this stream holds, if any."""
+        x, self._own = self._own, None
+        if x is not None:
+            x.dispose()
+
+    def closed(self) -> None:
+        """The peer's root element ended."""
+        self._closed = True
+        self.handler.stream_closed()
+
+    def _restarted(self, old: _Expat, data: bytes, at: int) -> None:
+        start_of_read = old.fed - len(data)
+        rest = data[max(0, at - start_of_read) :].lstrip()
+        old.dispose()
+        self._own = None
+        if rest:
+            self.feed(rest)
+
+    def _fail(self, error: XmlError) -> NoReturn:
+        self.close()
+        self._broken = str(error)
+        raise error

@@ -1,0 +1,311 @@
+"""The lean XMPP client (xmpp_client = "lean") against a real ejabberd."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from amoc import metrics, xmpp
+from amoc.config import amoc_config
+from amoc.runner import Controller, State
+from tests.integration.xmpp_fixture import free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = [ROOT / "scenarios"]
+
+
+def count(name: str) -> int:
+    """A counter's current value (counters are process-wide: tests compare deltas)."""
+    return int(metrics.counter(name).value)
+
+
+def server_kw(server: Any) -> dict[str, Any]:
+    """connect() overrides that reach `server` with the lean client."""
+    return {
+        "client": "lean",
+        "host": server.host,
+        "port": server.port,
+        "domain": server.domain,
+        "username_prefix": server.user_prefix,
+        "password_prefix": server.password_prefix,
+    }
+
+
+# -- logins ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sasl", ["PLAIN", "SCRAM-SHA-1"])
+def test_login_presence_and_chat(xmpp_server: Any, sasl: str) -> None:
+    first = 20_001 if sasl == "PLAIN" else 20_003
+    xmpp_server.register(first, first + 1)
+    before = {n: count(n) for n in ("xmpp.logins.ok", "xmpp.connections.ok")}
+    connected_before = metrics.gauge("xmpp.connected").value
+
+    async def run() -> list[xmpp.Message]:
+        a = await xmpp.connect(first, sasl=sasl, **server_kw(xmpp_server))
+        b = await xmpp.connect(first + 1, sasl=sasl, **server_kw(xmpp_server))
+        assert isinstance(a, xmpp.LeanClient) and a.connected
+        assert a.bound_jid == f"user_{first}@localhost/amoc"
+        assert metrics.gauge("xmpp.connected").value == connected_before + 2
+        await a.send_presence()
+        await b.send_presence()
+        a.send_chat(first + 1)
+        a.send_chat(first + 1, body="a < b & c, ünïcode €")
+        await b.wait_received(2, timeout_ms=5000)
+        got = b.take_messages()
+        await a.stop()
+        await b.stop()
+        await a.stop()  # twice is fine
+        assert not a.connected
+        return got
+
+    got = asyncio.run(run())
+    assert [m.body for m in got] == [f"message 1 from user_{first}", "a < b & c, ünïcode €"]
+    assert all(m.sender == f"user_{first}@localhost/amoc" for m in got)
+    assert all(m.ttd_ms is not None and 0 <= m.ttd_ms < 5000 for m in got)
+    assert count("xmpp.logins.ok") == before["xmpp.logins.ok"] + 2
+    assert count("xmpp.connections.ok") == before["xmpp.connections.ok"] + 2
+    assert metrics.gauge("xmpp.connected").value == connected_before
+
+
+@pytest.mark.parametrize("sasl", ["PLAIN", "SCRAM-SHA-1"])
+def test_wrong_password_is_an_auth_login_error(xmpp_server: Any, sasl: str) -> None:
+    xmpp_server.register(20_401, 20_401)
+    before = (count("xmpp.logins.failed"), count("xmpp.logins.failed.auth"))
+
+    async def run() -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await xmpp.connect(
+                20_401, password="not-the-password", sasl=sasl, **server_kw(xmpp_server)
+            )
+        return caught.value
+
+    err = asyncio.run(run())
+    assert err.reason is xmpp.Reason.AUTH and err.user_id == 20_401
+    assert "not-authorized" in str(err) and "user_20401" in str(err)
+    assert (count("xmpp.logins.failed"), count("xmpp.logins.failed.auth")) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
+
+
+def test_nothing_listening_is_refused_at_once() -> None:
+    port = free_port()
+    before = (count("xmpp.logins.failed.refused"), count("xmpp.connections.failed"))
+
+    async def run() -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await xmpp.connect(1, client="lean", port=port, connect_timeout=5000)
+        return caught.value
+
+    started = time.monotonic()
+    err = asyncio.run(run())
+    assert time.monotonic() - started < 2
+    assert err.reason is xmpp.Reason.REFUSED and f"127.0.0.1:{port}" in str(err)
+    assert (count("xmpp.logins.failed.refused"), count("xmpp.connections.failed")) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
+
+
+def test_a_silent_server_times_out_within_the_timeout() -> None:
+    async def run() -> xmpp.LoginError:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(xmpp.LoginError) as caught:
+                await xmpp.connect(1, client="lean", port=port, connect_timeout=300)
+            return caught.value
+        finally:
+            server.close()
+
+    before = count("xmpp.logins.failed.timeout")
+    started = time.monotonic()
+    err = asyncio.run(run())
+    assert 0.25 < time.monotonic() - started < 2
+    assert err.reason is xmpp.Reason.TIMEOUT and "300 ms" in str(err)
+    assert "connected but not logged in" in str(err)
+    assert count("xmpp.logins.failed.timeout") == before + 1
+
+
+def test_waiting_for_a_message_that_never_comes_times_out(xmpp_server: Any) -> None:
+    xmpp_server.register(20_501, 20_501)
+    before = count("xmpp.messages.timeouts")
+
+    async def run() -> None:
+        client = await xmpp.connect(20_501, **server_kw(xmpp_server))
+        try:
+            await client.send_presence()
+            with pytest.raises(xmpp.ReceiveTimeout, match="no message within 200 ms"):
+                await client.wait_message(timeout_ms=200)
+        finally:
+            await client.stop()
+
+    asyncio.run(run())
+    assert count("xmpp.messages.timeouts") == before + 1
+
+
+# -- the scenario ---------------------------------------------------------------------------
+
+
+async def run_scenario(
+    settings: dict[str, Any], first: int, last: int, deadline_s: float
+) -> dict[str, Any]:
+    """Run xmpp_one_to_one for ids first..last with the runner; return its final status."""
+    ctl = Controller(scenario_dirs=SCENARIOS)
+    try:
+        await ctl.do("xmpp_one_to_one", first, last, settings=settings)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        while ctl.status()["state"] != State.FINISHED.value:
+            assert loop.time() < end, f"scenario still running after {deadline_s} s"
+            await asyncio.sleep(0.05)
+        return ctl.status()
+    finally:
+        await ctl.close()
+        for name in settings:
+            amoc_config.unset(name)
+
+
+def scenario_settings(server: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "xmpp_client": "lean",
+        "xmpp_host": server.host,
+        "xmpp_port": server.port,
+        "xmpp_domain": server.domain,
+        "xmpp_username_prefix": server.user_prefix,
+        "xmpp_password_prefix": server.password_prefix,
+        **extra,
+    }
+
+
+def test_one_to_one_with_the_lean_client_delivers_every_message(xmpp_server: Any) -> None:
+    users, per_user, first = 400, 5, 21_001
+    xmpp_server.register(first, first + users - 1)
+    names = (
+        "xmpp.logins.ok",
+        "xmpp.logins.failed",
+        "xmpp.messages.sent",
+        "xmpp.messages.received",
+        "one_to_one.received",
+        "one_to_one.stale",
+        "one_to_one.incomplete",
+        "xmpp.disconnects",
+    )
+    before = {n: count(n) for n in names}
+    ttd_before = metrics.histogram("xmpp.ttd_ms").count
+    settings = scenario_settings(
+        xmpp_server,
+        messages_per_user=per_user,
+        message_interval=100,
+        receive_timeout=15_000,
+        interarrival=1,
+        repeat_num=1,
+    )
+    status = asyncio.run(run_scenario(settings, first, first + users - 1, deadline_s=50))
+    delta = {n: count(n) - before[n] for n in names}
+    assert status["users"]["finished"] == users and status["users"]["failed_runs"] == 0
+    assert delta["xmpp.logins.ok"] == users and delta["xmpp.logins.failed"] == 0
+    assert delta["xmpp.messages.sent"] == users * per_user
+    assert delta["one_to_one.received"] == users * per_user
+    assert delta["xmpp.messages.received"] == delta["xmpp.messages.sent"]
+    assert delta["one_to_one.stale"] == 0
+    assert delta["one_to_one.incomplete"] == 0 and delta["xmpp.disconnects"] == 0
+    assert metrics.histogram("xmpp.ttd_ms").count - ttd_before == delta["xmpp.messages.received"]
+    assert metrics.gauge("xmpp.connected").value == 0
+
+
+# -- the server goes away mid-session -------------------------------------------------------
+
+
+@dataclass
+class Dedicated:
+    """An ejabberd of our own (own name, own ports), so stopping it disturbs no other test."""
+
+    name: str
+    host: str
+    port: int
+    http_port: int
+    domain: str = "localhost"
+    user_prefix: str = "user_"
+    password_prefix: str = "password_"
+
+    def ctl(self, verb: str, *extra: str) -> None:
+        opts = ["--name", self.name, "--host", self.host, "--port", str(self.port)]
+        opts += ["--http-port", str(self.http_port), "--domain", self.domain]
+        subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "xmpp_server.py"), verb, *opts, *extra],
+            check=True,
+            timeout=180,
+            capture_output=True,
+        )
+
+
+@pytest.fixture
+def lean_stop_server() -> Iterator[Dedicated]:
+    server = Dedicated("amoc_test_lean_stop", "127.0.0.1", free_port(), free_port())
+    server.ctl("install")
+    try:
+        server.ctl("start")
+        server.ctl("register", "--first", "1", "--last", "60")
+        yield server
+    finally:
+        server.ctl("remove")
+
+
+def test_server_stopping_mid_session_raises_connection_lost(lean_stop_server: Dedicated) -> None:
+    users = 60
+    before = {n: count(n) for n in ("xmpp.disconnects", "xmpp.logins.ok")}
+    connected_before = metrics.gauge("xmpp.connected").value
+
+    async def run() -> list[BaseException]:
+        clients = [
+            await xmpp.connect(i, **server_kw(lean_stop_server)) for i in range(1, users + 1)
+        ]
+        for client in clients:
+            await client.send_presence(wait=False)
+        assert metrics.gauge("xmpp.connected").value == connected_before + users
+        waiters = [
+            asyncio.create_task(client.wait_message(timeout_ms=30_000)) for client in clients
+        ]
+        await asyncio.sleep(0.2)
+        await asyncio.to_thread(lean_stop_server.ctl, "stop")
+        outcome = await asyncio.gather(*waiters, return_exceptions=True)
+        for client in clients:
+            assert not client.connected
+            with pytest.raises(xmpp.ConnectionLost):
+                client.send_chat(1)
+            await client.stop()  # after a loss: a no-op
+        return [o for o in outcome if isinstance(o, BaseException)]
+
+    started = time.monotonic()
+    errors = asyncio.run(run())
+    assert time.monotonic() - started < 40
+    assert len(errors) == users and all(isinstance(e, xmpp.ConnectionLost) for e in errors)
+    reasons = {e.reason for e in errors if isinstance(e, xmpp.ConnectionLost)}
+    assert reasons <= {xmpp.Reason.CLOSED, xmpp.Reason.STREAM_ERROR}
+    assert count("xmpp.disconnects") - before["xmpp.disconnects"] == users
+    assert count("xmpp.logins.ok") - before["xmpp.logins.ok"] == users
+    assert metrics.gauge("xmpp.connected").value == connected_before
+
+    # The server comes back: the same user logs in again.
+    lean_stop_server.ctl("start")
+
+    async def again() -> bool:
+        client = await xmpp.connect(1, **server_kw(lean_stop_server))
+        try:
+            return client.connected
+        finally:
+            await client.stop()
+
+    assert asyncio.run(again())

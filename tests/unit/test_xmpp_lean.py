@@ -1,0 +1,455 @@
+"""The lean XMPP client without a real server: parser, SCRAM, settings, a scripted peer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from amoc import metrics, xmpp
+from amoc.config import Config
+from amoc.errors import ConfigError
+from amoc.xmpp import parser as parser_mod
+from amoc.xmpp import scram
+from amoc.xmpp.parser import Element, StreamParser, XmlError
+
+pytestmark = pytest.mark.unit
+
+HEADER = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' id='s1' from='localhost' version='1.0'>"
+)
+FEATURES = (
+    b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+    b"<mechanism>PLAIN</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms>"
+    b"</stream:features>"
+)
+MESSAGE = (
+    "<message from='user_2@localhost/amoc' type='chat'><body>héllo € &lt;3 𝄞</body>"
+    "<stamp xmlns='urn:amoc:ttd' us='1764041123456789'/></message>"
+).encode()
+CLOSE = b"</stream:stream>"
+
+
+class Recorder:
+    """A StreamHandler that keeps what it is told, as plain tuples."""
+
+    def __init__(self, restart_on: str = "") -> None:
+        self.events: list[Any] = []
+        self.restart_on = restart_on
+        self.parser = StreamParser(self)
+
+    def stream_opened(self, attrs: dict[str, str]) -> None:
+        self.events.append(("open", attrs.get("id")))
+
+    def stanza(self, element: Element) -> None:
+        self.events.append(describe(element))
+        if self.restart_on and element.tag.endswith(self.restart_on):
+            self.parser.restart()
+
+    def stream_closed(self) -> None:
+        self.events.append("close")
+
+    def feed_in(self, data: bytes, size: int) -> list[Any]:
+        for i in range(0, len(data), size):
+            self.parser.feed(data[i : i + size])
+        return self.events
+
+
+def describe(element: Element) -> tuple[Any, ...]:
+    return (
+        element.tag,
+        element.attrs,
+        element.text,
+        [describe(child) for child in element.children],
+    )
+
+
+def parse_whole(data: bytes, restart_on: str = "") -> list[Any]:
+    return Recorder(restart_on).feed_in(data, len(data))
+
+
+# -- the parser: splits and merges ----------------------------------------------------------
+
+STREAM = HEADER + FEATURES + MESSAGE + MESSAGE + b"\n " + MESSAGE + CLOSE
+
+
+def test_a_whole_stream_gives_header_stanzas_and_close() -> None:
+    events = parse_whole(STREAM)
+    assert events[0] == ("open", "s1")
+    assert events[1][0] == "http://etherx.jabber.org/streams features"
+    message = events[2]
+    assert message[0] == "jabber:client message"
+    assert message[1] == {"from": "user_2@localhost/amoc", "type": "chat"}
+    assert message[3][0] == ("jabber:client body", {}, "héllo € <3 𝄞", [])
+    assert message[3][1] == ("urn:amoc:ttd stamp", {"us": "1764041123456789"}, "", [])
+    assert events[2] == events[3] == events[4] and events[5] == "close"
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 64])
+def test_any_split_gives_the_same_events(size: int) -> None:
+    assert Recorder().feed_in(STREAM, size) == parse_whole(STREAM)
+
+
+def test_a_split_inside_each_multibyte_character() -> None:
+    whole = parse_whole(STREAM)
+    start = len(HEADER + FEATURES)
+    # Every cut inside the message, in particular inside é, € and the 4-byte 𝄞.
+    for cut in range(start, start + len(MESSAGE)):
+        rec = Recorder()
+        rec.parser.feed(STREAM[:cut])
+        rec.parser.feed(STREAM[cut:])
+        assert rec.events == whole, cut
+
+
+def test_many_stanzas_in_one_read_then_a_partial_one() -> None:
+    rec = Recorder()
+    rec.parser.feed(HEADER + FEATURES + MESSAGE * 50 + MESSAGE[:30])
+    assert len(rec.events) == 52 and rec.parser.holds_parser  # mid-stanza: keeps a parser
+    rec.parser.feed(MESSAGE[30:])
+    assert len(rec.events) == 53 and not rec.parser.holds_parser
+
+
+def test_connections_between_stanzas_hold_no_parser_and_the_pool_stays_small() -> None:
+    recs = [Recorder() for _ in range(200)]
+    for rec in recs:
+        rec.parser.feed(HEADER + FEATURES)
+    for rec in recs:
+        rec.parser.feed(MESSAGE[:10])  # some stop mid-stanza...
+    for rec in recs:
+        rec.parser.feed(MESSAGE[10:] + MESSAGE)  # ...and finish
+    assert all(len(rec.events) == 4 and not rec.parser.holds_parser for rec in recs)
+    assert parser_mod.pool_size() <= parser_mod.POOL_SIZE
+
+
+def test_a_stream_restart_in_the_same_read_goes_to_a_new_parser() -> None:
+    success = b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+    second = HEADER.replace(b"id='s1'", b"id='s2'")
+    data = HEADER + FEATURES + success + second + MESSAGE
+    for size in (len(data), 1, 7):
+        events = Recorder(restart_on="success").feed_in(data, size)
+        assert [e[0] if isinstance(e, tuple) else e for e in events] == [
+            "open",
+            "http://etherx.jabber.org/streams features",
+            "urn:ietf:params:xml:ns:xmpp-sasl success",
+            "open",
+            "jabber:client message",
+        ]
+        assert events[3] == ("open", "s2")
+
+
+def test_other_prefixes_for_the_stream_namespace_work() -> None:
+    header = (
+        b"<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/streams' version='1.0'>"
+    )
+    rec = Recorder()
+    rec.feed_in(header + b"<s:features/>" + MESSAGE + MESSAGE + b"</s:stream>", 9)
+    assert rec.events[1][0] == "http://etherx.jabber.org/streams features"
+    assert [e[0] for e in rec.events[2:4]] == ["jabber:client message"] * 2
+    assert rec.events[-1] == "close"
+
+
+# -- the parser: bad input ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "malformed XML from the peer: not well-formed"),
+        (HEADER + b"<message><body>x</message>", "malformed XML from the peer: mismatched tag"),
+        (HEADER + b"<message a='1' a='2'/>", "duplicate attribute"),
+        (HEADER + b"<p:x/>", "unbound prefix"),
+        (b"<html><body/></html>", "did not open an XMPP stream: root element 'html'"),
+        (HEADER + b"<!-- hello -->", "restricted XML: the peer sent a comment"),
+        (b"<!DOCTYPE s [<!ENTITY e 'x'>]><s/>", "restricted XML: the peer sent a DOCTYPE"),
+        (HEADER + b"<?php echo 1 ?>", "processing instruction"),
+        (HEADER + b"<message>\xff\xfe</message>", "not well-formed"),
+    ],
+)
+def test_malformed_input_is_a_clear_error(data: bytes, expected: str) -> None:
+    rec = Recorder()
+    with pytest.raises(XmlError, match=expected.replace("(", r"\(")):
+        rec.feed_in(data, len(data))
+    # The stream stays broken: the same error again, at once, for any further bytes.
+    with pytest.raises(XmlError, match="malformed|restricted|did not open"):
+        rec.parser.feed(MESSAGE)
+    assert not rec.parser.holds_parser
+
+
+def test_malformed_input_byte_by_byte_fails_as_soon_as_it_is_wrong() -> None:
+    rec = Recorder()
+    data = HEADER + b"<message></mess>" + MESSAGE
+    fed = 0
+    with pytest.raises(XmlError, match="mismatched tag"):
+        for i in range(len(data)):
+            rec.parser.feed(data[i : i + 1])
+            fed = i + 1
+    assert fed == len(HEADER) + len(b"<message></mess")  # the error is on its ">"
+
+
+def test_data_after_the_stream_closed_is_an_error() -> None:
+    rec = Recorder()
+    rec.parser.feed(HEADER + CLOSE)
+    assert rec.events == [("open", "s1"), "close"]
+    rec.parser.feed(b"  \n")  # whitespace is harmless
+    with pytest.raises(XmlError, match="after closing"):
+        rec.parser.feed(MESSAGE)
+
+
+# -- SCRAM-SHA-1 ----------------------------------------------------------------------------
+
+# RFC 5802, section 5.
+RFC_NONCE = "fyko+d2lbbFgONRv9qkxdawL"
+RFC_SERVER_FIRST = b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096"
+RFC_CLIENT_FINAL = (
+    b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
+)
+RFC_SERVER_FINAL = b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ="
+
+
+def test_scram_sha1_matches_the_rfc_5802_example() -> None:
+    exchange = scram.Scram("user", "pencil", nonce=RFC_NONCE)
+    assert exchange.client_first() == b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL"
+    assert exchange.client_final(RFC_SERVER_FIRST) == RFC_CLIENT_FINAL
+    exchange.verify(RFC_SERVER_FINAL)
+    assert exchange.verified
+
+
+def test_scram_refuses_a_server_that_does_not_know_the_password() -> None:
+    exchange = scram.Scram("user", "not-pencil", nonce=RFC_NONCE)
+    exchange.client_final(RFC_SERVER_FIRST)
+    with pytest.raises(scram.ScramError, match="does not know the password"):
+        exchange.verify(RFC_SERVER_FINAL)
+
+
+@pytest.mark.parametrize(
+    ("server_first", "expected"),
+    [
+        (b"r=someone-elses-nonce,s=QSXCR+Q6sek8bf92,i=4096", "nonce"),
+        (b"r=fyko+d2lbbFgONRv9qkxdawL,s=QSXCR+Q6sek8bf92,i=4096", "nonce"),
+        (b"r=fyko+d2lbbFgONRv9qkxdawLxx,s=!!,i=4096", "salt"),
+        (b"r=fyko+d2lbbFgONRv9qkxdawLxx,s=QSXCR+Q6sek8bf92,i=0", "iteration"),
+        (b"r=fyko+d2lbbFgONRv9qkxdawLxx,s=QSXCR+Q6sek8bf92,i=99999999", "iteration"),
+        (b"m=ext,r=fyko+d2lbbFgONRv9qkxdawLxx", "extension"),
+        (b"garbage", "malformed"),
+    ],
+)
+def test_scram_refuses_bad_server_first_messages(server_first: bytes, expected: str) -> None:
+    with pytest.raises(scram.ScramError, match=expected):
+        scram.Scram("user", "pencil", nonce=RFC_NONCE).client_final(server_first)
+
+
+def test_scram_escapes_names_and_plain_packs_its_fields() -> None:
+    assert scram.Scram("a=b,c", "p", nonce="n").client_first() == b"n,,n=a=3Db=2Cc,r=n"
+    assert scram.plain("user_1", "pw") == b"\0user_1\0pw"
+
+
+# -- the setting ----------------------------------------------------------------------------
+
+
+def settings_from(**env: str) -> xmpp.Settings:
+    return xmpp.settings(Config(environ={f"AMOC_{k.upper()}": v for k, v in env.items()}))
+
+
+def test_xmpp_client_is_declared_verified_and_overridable() -> None:
+    assert "xmpp_client" in {p.name for p in xmpp.PARAMETERS}
+    assert settings_from().client in ("slixmpp", "lean")
+    assert settings_from(xmpp_client="'LEAN'").client == "lean"
+    assert xmpp.settings(Config(environ={}), client="slixmpp").client == "slixmpp"
+    with pytest.raises(ConfigError, match="xmpp_client"):
+        settings_from(xmpp_client="'tsung'")
+
+
+def test_the_lean_client_refuses_tls_clearly() -> None:
+    async def run() -> None:
+        await xmpp.connect(1, client="lean", tls=True, config=Config(environ={}))
+
+    with pytest.raises(ConfigError, match="STARTTLS"):
+        asyncio.run(run())
+
+
+# -- the client against a scripted peer -----------------------------------------------------
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_until(reader: asyncio.StreamReader, marker: bytes, limit: float = 5.0) -> bytes:
+    """Read until `marker` has arrived (bounded in time)."""
+    data = b""
+    async with asyncio.timeout(limit):
+        while marker not in data:
+            chunk = await reader.read(4096)
+            if not chunk:
+                raise ConnectionError(f"peer closed before {marker!r}; got {data!r}")
+            data += chunk
+    return data
+
+
+async def log_in(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The server's side of a PLAIN login, with a required legacy session."""
+    await read_until(reader, b"<stream:stream")
+    writer.write(HEADER + FEATURES)
+    auth = await read_until(reader, b"</auth>")
+    assert base64.b64encode(b"\0user_1\0password_1") in auth
+    writer.write(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+    await read_until(reader, b"<stream:stream")
+    writer.write(
+        HEADER.replace(b"s1", b"s2") + b"<stream:features>"
+        b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
+        b"<session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></stream:features>"
+    )
+    await read_until(reader, b"</iq>")
+    writer.write(
+        b"<iq type='result' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+        b"<jid>user_1@localhost/amoc</jid></bind></iq>"
+    )
+    await read_until(reader, b"xmpp-session")
+    writer.write(b"<iq type='result' id='session'/>")
+
+
+async def with_peer(script: Script, body: Callable[[int], Awaitable[Any]]) -> Any:
+    """Run `body(port)` against a one-connection server that follows `script`."""
+    done: list[BaseException] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await script(reader, writer)
+        except BaseException as exc:
+            done.append(exc)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(10):
+            return await body(port)
+    finally:
+        server.close()
+        if done and not isinstance(done[0], ConnectionError | asyncio.CancelledError):
+            raise done[0]
+
+
+def lean(port: int, **kw: Any) -> Awaitable[xmpp.Session]:
+    return xmpp.connect(1, client="lean", port=port, config=Config(environ={}), **kw)
+
+
+def count(name: str) -> int:
+    return int(metrics.counter(name).value)
+
+
+def test_login_with_a_required_session_then_chat_ping_and_server_close() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await log_in(reader, writer)
+        await read_until(reader, b"<presence/>")
+        # Presence echo, a ping, an unknown request, two messages: one read.
+        writer.write(
+            b"<presence from='user_1@localhost/amoc' to='user_1@localhost/amoc'/>"
+            b"<iq type='get' id='p1' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+            b"<iq type='get' id='v1' from='localhost'><query xmlns='jabber:iq:version'/></iq>"
+            + MESSAGE
+            + MESSAGE.replace(b"chat'>", b"chat'><delay xmlns='urn:xmpp:delay'/>")
+        )
+        sent = await read_until(reader, b"</message>")  # our answers, then the chat
+        assert b'<iq type=\'result\' id="p1" to="localhost"/>' in sent
+        assert b'id="v1" to="localhost"><error type=\'cancel\'><service-unavailable' in sent
+        assert b'to="user_2@localhost/amoc"' in sent and b"urn:amoc:ttd" in sent
+        writer.write(CLOSE)  # the server ends the session
+        await read_until(reader, CLOSE)
+
+    async def body(port: int) -> tuple[list[xmpp.Message], BaseException]:
+        client = await lean(port)
+        assert client.connected
+        await client.send_presence(timeout_ms=2000)
+        await client.wait_received(2, timeout_ms=2000)
+        client.send_chat(2)
+        with pytest.raises(xmpp.ConnectionLost) as lost:
+            await client.wait_message(timeout_ms=3000)
+            await client.wait_message(timeout_ms=3000)
+            await client.wait_message(timeout_ms=3000)
+        return client.take_messages(), lost.value
+
+    before = count("xmpp.disconnects")
+    messages, lost = asyncio.run(with_peer(script, body))
+    assert lost.reason is xmpp.Reason.CLOSED and "ended the session" in str(lost)
+    assert count("xmpp.disconnects") == before + 1
+    assert messages == []  # both were read by wait_message before the close
+
+
+def test_a_stream_error_during_login_is_its_reason() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_until(reader, b"<stream:stream")
+        writer.write(
+            HEADER + b"<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+            b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>no such domain</text>"
+            b"</stream:error>" + CLOSE
+        )
+
+    async def body(port: int) -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await lean(port)
+        return caught.value
+
+    err = asyncio.run(with_peer(script, body))
+    assert err.reason is xmpp.Reason.STREAM_ERROR
+    assert "host-unknown: no such domain" in str(err)
+
+
+def test_malformed_xml_from_the_server_fails_the_login_at_once() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_until(reader, b"<stream:stream")
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await read_until(reader, b"not-well-formed")  # we tell the peer why we leave
+
+    async def body(port: int) -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await lean(port, connect_timeout=5000)
+        return caught.value
+
+    err = asyncio.run(with_peer(script, body))
+    assert err.reason is xmpp.Reason.STREAM_ERROR and "bad XML" in str(err)
+
+
+def test_scram_login_checks_the_server_signature() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_until(reader, b"<stream:stream")
+        writer.write(HEADER + FEATURES)
+        auth = await read_until(reader, b"</auth>")
+        first = base64.b64decode(auth.split(b">")[1].split(b"<")[0])
+        nonce = first.split(b"r=")[1]
+        server_first = b"r=" + nonce + b"srv,s=" + base64.b64encode(b"salt") + b",i=4096"
+        writer.write(
+            b"<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+            + base64.b64encode(server_first)
+            + b"</challenge>"
+        )
+        await read_until(reader, b"</response>")
+        forged = base64.b64encode(b"v=" + base64.b64encode(b"x" * 20))
+        writer.write(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>" + forged + b"</success>")
+        await asyncio.sleep(1)
+
+    async def body(port: int) -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await lean(port, sasl="SCRAM-SHA-1")
+        return caught.value
+
+    err = asyncio.run(with_peer(script, body))
+    assert err.reason is xmpp.Reason.AUTH and "does not know the password" in str(err)
+
+
+def test_a_missing_mechanism_is_no_mechanism() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_until(reader, b"<stream:stream")
+        writer.write(HEADER + FEATURES.replace(b"<mechanism>PLAIN</mechanism>", b""))
+        await asyncio.sleep(1)
+
+    async def body(port: int) -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await lean(port)
+        return caught.value
+
+    err = asyncio.run(with_peer(script, body))
+    assert err.reason is xmpp.Reason.NO_MECHANISM and "PLAIN not in ['SCRAM-SHA-1']" in str(err)
