@@ -1,8 +1,7 @@
 """amoc.xmpp: XMPP users for scenarios, in the spirit of escalus.
 
 Two clients with one API, chosen by `xmpp_client`: "lean" (the default; amoc.xmpp.lean, an
-asyncio Protocol and expat, a fraction of the memory and CPU, plain TCP only) or "slixmpp"
-(amoc.xmpp.client, over slixmpp, with STARTTLS).
+asyncio Protocol and expat, a fraction of the memory and CPU) or "slixmpp" (amoc.xmpp.client).
 
     client = await amoc.xmpp.connect(user_id)      # login, or LoginError(reason)
     await client.send_presence()                   # returns once the server echoed it

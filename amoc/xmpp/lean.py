@@ -9,10 +9,10 @@ pick it with `xmpp_client = "lean"`. What makes it lean (see bench/RESULTS.md):
 - stanzas it sends are formatted text, written at once (no send queue, no task);
 - no task and no timer per client: timeouts exist only while a call waits.
 
-It speaks RFC 6120 client streams: stream header, SASL PLAIN or SCRAM-SHA-1 (verifying the
-server's signature), stream restart, resource binding, the legacy session if the server
-requires it, stream errors, and answers the server's IQ requests (ping, else
-service-unavailable). STARTTLS is not implemented: `xmpp_tls = true` is refused.
+It speaks RFC 6120 client streams: stream header, STARTTLS (with `xmpp_tls`, over the shared
+SSLContext of `amoc.xmpp.tls`), SASL PLAIN or SCRAM-SHA-1 (verifying the server's
+signature), stream restarts, resource binding, the legacy session if the server requires
+it, stream errors, and answers the server's IQ requests (ping, else service-unavailable).
 """
 
 from __future__ import annotations
@@ -23,18 +23,19 @@ import binascii
 import enum
 import functools
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import cast
 from xml.sax.saxutils import escape, quoteattr
 
 from amoc import metrics
-from amoc.errors import ConfigError
 from amoc.xmpp import naming, scram, stamp
 from amoc.xmpp.client import Message
 from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, ReceiveTimeout, XmppError
 from amoc.xmpp.parser import STREAMS_NS, Element, StreamParser, XmlError
 from amoc.xmpp.settings import Settings
+from amoc.xmpp.tls import shared_context
 
 log = logging.getLogger("amoc.xmpp")
 
@@ -44,8 +45,12 @@ _SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 _STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
 _STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 _CLIENT = "jabber:client"
+_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 
 _FEATURES = f"{STREAMS_NS} features"
+_STARTTLS = f"{_TLS} starttls"
+_PROCEED = f"{_TLS} proceed"
+_TLS_FAILURE = f"{_TLS} failure"
 _STREAM_ERROR = f"{STREAMS_NS} error"
 _MECHANISMS = f"{_SASL} mechanisms"
 _CHALLENGE = f"{_SASL} challenge"
@@ -118,8 +123,10 @@ class LeanClient(asyncio.Protocol):
         "_step",
         "_stream_error",
         "_tcp",
+        "_tls",
         "_to",
         "_transport",
+        "_upgrade",
         "_waiters",
         "bound_jid",
         "jid",
@@ -157,6 +164,8 @@ class LeanClient(asyncio.Protocol):
         self._scram: scram.Scram | None = None
         self._session_required = False
         self._to: tuple[int, str] = (0, "")  # the last user id sent to, and its quoted JID
+        self._tls = False  # STARTTLS done
+        self._upgrade: asyncio.Task[None] | None = None  # the TLS handshake, while it runs
 
     def __repr__(self) -> str:
         return f"<amoc.xmpp.LeanClient {self.jid} {self._state.value}>"
@@ -170,11 +179,6 @@ class LeanClient(asyncio.Protocol):
 
     async def _open(self, password: str) -> None:
         s = self.settings
-        if s.tls:
-            raise ConfigError(
-                "xmpp_client = 'lean' does not implement STARTTLS: set xmpp_tls = false "
-                "(a plain-TCP server) or xmpp_client = 'slixmpp'"
-            )
         loop = asyncio.get_running_loop()
         started = loop.time()
         self._login = loop.create_future()
@@ -238,6 +242,14 @@ class LeanClient(asyncio.Protocol):
     def _sasl_features(self, features: Element) -> None:
         if features.tag != _FEATURES:
             return self._unexpected(features)
+        if self.settings.tls and not self._tls:
+            if features.find(_STARTTLS) is None:
+                return self._fail_login(
+                    Reason.TLS, "xmpp_tls is set but the server does not offer STARTTLS"
+                )
+            self._write(f"<starttls xmlns='{_TLS}'/>".encode())
+            self._step = LeanClient._tls_answer
+            return None
         mechanisms = features.find(_MECHANISMS)
         offered = [m.text.strip() for m in mechanisms.children] if mechanisms else []
         mech = self.settings.sasl
@@ -258,6 +270,44 @@ class LeanClient(asyncio.Protocol):
             f"{base64.b64encode(initial).decode()}</auth>".encode()
         )
         self._step = LeanClient._sasl_answer
+
+    def _tls_answer(self, answer: Element) -> None:
+        if answer.tag == _TLS_FAILURE:
+            return self._fail_login(Reason.TLS, "the server refused STARTTLS (<failure/>)")
+        if answer.tag != _PROCEED:
+            return self._unexpected(answer)
+        # RFC 6120 §5.4.3.3: TLS on the same connection, then a new stream.
+        assert self._parser is not None
+        self._parser.restart()
+        self._step = LeanClient._unexpected
+        self._upgrade = asyncio.get_running_loop().create_task(self._start_tls())
+        return None
+
+    async def _start_tls(self) -> None:
+        transport, s = self._transport, self.settings
+        if transport is None:
+            return
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                transport, self, shared_context(s.tls_verify), server_hostname=s.domain
+            )
+        except ssl.SSLCertVerificationError as exc:
+            self._fail_login(
+                Reason.TLS,
+                f"the server certificate is not trusted ({exc.verify_message}); "
+                "set xmpp_tls_verify = false for a test server",
+            )
+        except (ssl.SSLError, OSError) as exc:
+            self._fail_login(Reason.TLS, f"TLS handshake failed: {exc}")
+        else:
+            if self._state is not _State.LOGGING_IN or tls is None:
+                return
+            self._transport = tls
+            self._tls = True
+            self._step = LeanClient._sasl_features
+            tls.write(_header(s.domain))
+        finally:
+            self._upgrade = None
 
     def _sasl_answer(self, answer: Element) -> None:
         tag = answer.tag
@@ -389,6 +439,8 @@ class LeanClient(asyncio.Protocol):
             closed.set_result(None)
         why = f"stream error {self._stream_error}" if self._stream_error else ""
         if self._state is _State.LOGGING_IN:
+            if self._upgrade is not None:
+                return  # the TLS handshake failed: _start_tls says why
             self._fail_login(
                 Reason.STREAM_ERROR if why else Reason.CLOSED,
                 why or "the server closed the connection during login",
@@ -658,6 +710,8 @@ class LeanClient(asyncio.Protocol):
 
     def _teardown(self, graceful: bool = False) -> None:
         self._state = _State.CLOSED
+        if self._upgrade is not None:
+            self._upgrade.cancel()
         transport, self._transport = self._transport, None
         self._drop_parser()
         if transport is not None:

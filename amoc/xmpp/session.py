@@ -3,8 +3,8 @@
 Both implementations offer the helper API typed here as `Session`, count the same metrics
 and raise the same errors, so a scenario switches with one setting:
 
-    xmpp_client = "lean"      # amoc.xmpp.lean: asyncio Protocol + expat, plain TCP only
-    xmpp_client = "slixmpp"   # amoc.xmpp.client: over slixmpp, STARTTLS too
+    xmpp_client = "lean"      # amoc.xmpp.lean: an asyncio Protocol and expat (default)
+    xmpp_client = "slixmpp"   # amoc.xmpp.client: over slixmpp
 """
 
 from __future__ import annotations

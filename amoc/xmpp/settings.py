@@ -16,9 +16,8 @@ from amoc.errors import ConfigError
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-1")
 # "lean": amoc.xmpp.lean (asyncio Protocol + expat); "slixmpp": amoc.xmpp.client.
-# lean is the default: a tenth of slixmpp's memory per user, half its CPU per message and
-# a fifth of its CPU per login (bench/RESULTS.md, bench/bench_tsung.py); slixmpp remains
-# for STARTTLS, which the lean client does not implement.
+# lean is the default: a tenth of slixmpp's memory per user, about half its CPU per message
+# and a fifth of its CPU per login (bench/RESULTS.md, bench/bench_tsung.py).
 CLIENTS = ("lean", "slixmpp")
 DEFAULT_CLIENT = "lean"
 
@@ -93,7 +92,7 @@ PARAMETERS: list[Param] = [
     param(
         "xmpp_client",
         DEFAULT_CLIENT,
-        "client: lean (asyncio + expat, plain TCP) or slixmpp (also STARTTLS)",
+        "client implementation: lean (asyncio Protocol + expat) or slixmpp",
         _client,
     ),
 ]

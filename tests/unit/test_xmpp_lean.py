@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from amoc import metrics, xmpp
 from amoc.config import Config
@@ -263,14 +268,6 @@ def test_xmpp_client_is_declared_verified_and_overridable() -> None:
         settings_from(xmpp_client="'tsung'")
 
 
-def test_the_lean_client_refuses_tls_clearly() -> None:
-    async def run() -> None:
-        await xmpp.connect(1, client="lean", tls=True, config=Config(environ={}))
-
-    with pytest.raises(ConfigError, match="STARTTLS"):
-        asyncio.run(run())
-
-
 # -- the client against a scripted peer -----------------------------------------------------
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -329,7 +326,8 @@ async def with_peer(script: Script, body: Callable[[int], Awaitable[Any]]) -> An
             return await body(port)
     finally:
         server.close()
-        if done and not isinstance(done[0], ConnectionError | asyncio.CancelledError):
+        # The peer's socket errors are the client leaving (a failed login): not the test's.
+        if done and not isinstance(done[0], OSError | asyncio.CancelledError):
             raise done[0]
 
 
@@ -453,3 +451,89 @@ def test_a_missing_mechanism_is_no_mechanism() -> None:
 
     err = asyncio.run(with_peer(script, body))
     assert err.reason is xmpp.Reason.NO_MECHANISM and "PLAIN not in ['SCRAM-SHA-1']" in str(err)
+
+
+# -- STARTTLS -------------------------------------------------------------------------------
+
+TLS_FEATURES = (
+    b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/>"
+    b"</starttls></stream:features>"
+)
+
+
+@pytest.fixture(scope="module")
+def server_tls(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate for localhost."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    where = tmp_path_factory.mktemp("tls")
+    key, cert = where / "key.pem", where / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(Path(cert), Path(key))
+    return ctx
+
+
+def starttls_script(ctx: ssl.SSLContext) -> Script:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_until(reader, b"<stream:stream")
+        writer.write(HEADER + TLS_FEATURES)
+        await read_until(reader, b"<starttls")
+        writer.write(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        await writer.drain()
+        await writer.start_tls(ctx)
+        await log_in(reader, writer)  # the rest of the login, encrypted
+        await read_until(reader, b"<presence/>")
+        writer.write(b"<presence from='user_1@localhost/amoc'/>" + MESSAGE)
+        await read_until(reader, CLOSE)
+        writer.write(CLOSE)
+
+    return script
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_starttls_then_login_and_chat(server_tls: ssl.SSLContext, loop: str) -> None:
+    async def body(port: int) -> list[xmpp.Message]:
+        client = await lean(port, tls=True)
+        assert client.connected
+        await client.send_presence(timeout_ms=2000)
+        await client.wait_received(1, timeout_ms=2000)
+        messages = client.take_messages()
+        await client.stop()
+        return messages
+
+    run = asyncio.run if loop == "asyncio" else uvloop.run
+    messages = run(with_peer(starttls_script(server_tls), body))
+    assert [m.body for m in messages] == ["héllo € <3 𝄞"]
+
+
+def test_an_untrusted_certificate_is_a_tls_login_error(server_tls: ssl.SSLContext) -> None:
+    async def body(port: int) -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await lean(port, tls=True, tls_verify=True)
+        return caught.value
+
+    before = count("xmpp.logins.failed.tls")
+    err = asyncio.run(with_peer(starttls_script(server_tls), body))
+    assert err.reason is xmpp.Reason.TLS and "not trusted" in str(err)
+    assert "xmpp_tls_verify = false" in str(err)
+    assert count("xmpp.logins.failed.tls") == before + 1
+
+
+def test_tls_required_by_us_but_not_offered() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_until(reader, b"<stream:stream")
+        writer.write(HEADER + FEATURES)
+        await asyncio.sleep(1)
+
+    async def body(port: int) -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await lean(port, tls=True)
+        return caught.value
+
+    err = asyncio.run(with_peer(script, body))
+    assert err.reason is xmpp.Reason.TLS and "does not offer STARTTLS" in str(err)
