@@ -212,6 +212,7 @@ class LeanClient(asyncio.Protocol):
         finally:
             self._password = ""
             self._scram = None
+            self._login = None
         self._state = _State.ONLINE
         self._online_counted = True
         metrics.counter("xmpp.logins.ok").inc()

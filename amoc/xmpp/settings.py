@@ -16,8 +16,9 @@ from amoc.errors import ConfigError
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-1")
 # "lean": amoc.xmpp.lean (asyncio Protocol + expat); "slixmpp": amoc.xmpp.client.
-# lean is the default: a tenth of slixmpp's memory per user, about half its CPU per message
-# and a fifth of its CPU per login (bench/RESULTS.md, bench/bench_tsung.py).
+# lean is the default: measured against slixmpp (bench/RESULTS.md, bench/bench_tsung.py),
+# a tenth of its memory per user, two thirds of its CPU per message, a fifth of its CPU per
+# login, and twice its logins/s.
 CLIENTS = ("lean", "slixmpp")
 DEFAULT_CLIENT = "lean"
 
