@@ -15,8 +15,6 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -25,7 +23,8 @@ from slixmpp import ClientXMPP
 from amoc import metrics
 from amoc.config import Config
 from amoc.xmpp import naming, stamp
-from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, ReceiveTimeout, XmppError
+from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, XmppError
+from amoc.xmpp.inbox import Inbox, Message
 from amoc.xmpp.settings import Settings, settings
 from amoc.xmpp.tls import shared_context
 
@@ -43,17 +42,6 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A received chat message as `wait_message` returns it."""
-
-    sender: str  # the full JID the server reports as `from`
-    body: str
-    sent_us: int | None  # the sender's stamp (wall clock, µs), None if unstamped
-    ttd_ms: float | None  # time to delivery, None if unstamped
-    delayed: bool  # delivered from offline storage (carries <delay/>)
-
-
 class _Stream(ClientXMPP):
     """slixmpp's client, with exceptions raised in handlers logged instead of dropped."""
 
@@ -61,20 +49,17 @@ class _Stream(ClientXMPP):
         log.warning("%s: error in an XMPP handler: %r", self.boundjid.bare, exception)
 
 
-class Client:
+class Client(Inbox):
     """A logged-in XMPP user; make one with `await amoc.xmpp.connect(user_id)`."""
 
     __slots__ = (
-        "_inbox",
         "_login",
         "_lost",
         "_online_counted",
         "_state",
         "_stream_error",
         "_tcp",
-        "_waiters",
         "jid",
-        "received",
         "sent",
         "settings",
         "user_id",
@@ -262,29 +247,13 @@ class Client:
             metrics.counter("xmpp.messages.errors").inc()
             return
         received_us = stamp.now_us()
-        sent_us = stamp.read(xml)
-        self.received += 1
-        metrics.counter("xmpp.messages.received").inc()
-        ttd = None
-        if sent_us is not None:
-            ttd = stamp.ttd_ms(sent_us, received_us)
-            metrics.histogram("xmpp.ttd_ms").record(ttd)
-        if self.settings.inbox_size > 0:
-            inbox = self._inbox
-            if inbox is None:
-                inbox = self._inbox = deque(maxlen=self.settings.inbox_size)
-            elif len(inbox) == inbox.maxlen:
-                metrics.counter("xmpp.messages.dropped").inc()
-            inbox.append(
-                Message(
-                    sender=xml.get("from", ""),
-                    body=xml.findtext(_BODY_TAG) or "",
-                    sent_us=sent_us,
-                    ttd_ms=ttd,
-                    delayed=xml.find(_DELAY_TAG) is not None,
-                )
-            )
-        self._wake()
+        self._deliver(
+            xml.get("from", ""),
+            xml.findtext(_BODY_TAG) or "",
+            stamp.read(xml),
+            received_us,
+            xml.find(_DELAY_TAG) is not None,
+        )
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -328,67 +297,6 @@ class Client:
         metrics.counter("xmpp.messages.sent").inc()
 
     # -- receiving --------------------------------------------------------------------------
-
-    async def wait_message(self, timeout_ms: float | None = None) -> Message:
-        """The oldest unread chat message, waiting up to `timeout_ms` (default reply timeout)."""
-        if self.settings.inbox_size <= 0:
-            raise XmppError(f"{self.jid}: wait_message needs an inbox (xmpp_inbox_size > 0)")
-        if not self._inbox:
-            await self._wait_until(lambda: bool(self._inbox), timeout_ms, "message")
-        assert self._inbox is not None
-        return self._inbox.popleft()
-
-    async def wait_received(self, count: int, timeout_ms: float | None = None) -> None:
-        """Wait until `received` (chat messages since login) reaches `count`."""
-        if self.received < count:
-            await self._wait_until(
-                lambda: self.received >= count,
-                timeout_ms,
-                f"{count} messages (got {self.received})",
-            )
-
-    def inbox(self) -> list[Message]:
-        """The unread messages, oldest first (they stay unread)."""
-        return list(self._inbox or ())
-
-    def take_messages(self) -> list[Message]:
-        """Remove and return the unread messages, oldest first (no waiting)."""
-        if not self._inbox:
-            return []
-        taken = list(self._inbox)
-        self._inbox.clear()
-        return taken
-
-    async def _wait_until(
-        self,
-        ready: Callable[[], bool],
-        timeout_ms: float | None,
-        what: str,
-    ) -> None:
-        timeout = self.settings.reply_timeout if timeout_ms is None else timeout_ms
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout / 1000.0):
-                while not ready():
-                    self._live()
-                    waiter: asyncio.Future[None] = loop.create_future()
-                    self._waiters.append(waiter)
-                    try:
-                        await waiter
-                    finally:
-                        if waiter in self._waiters:
-                            self._waiters.remove(waiter)
-        except TimeoutError:
-            metrics.counter("xmpp.messages.timeouts").inc()
-            raise ReceiveTimeout(
-                f"{self.jid}: no {what} within {timeout} ms", Reason.TIMEOUT, self.user_id
-            ) from None
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _live(self) -> ClientXMPP:
         if self._state is _State.ONLINE and self.xmpp is not None:

@@ -31,8 +31,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 from amoc import metrics
 from amoc.xmpp import naming, scram, stamp
-from amoc.xmpp.client import Message
-from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, ReceiveTimeout, XmppError
+from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, XmppError
+from amoc.xmpp.inbox import Inbox, Message
 from amoc.xmpp.parser import STREAMS_NS, Element, StreamParser, XmlError
 from amoc.xmpp.settings import Settings
 from amoc.xmpp.tls import shared_context
@@ -105,13 +105,12 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class LeanClient(asyncio.Protocol):
+class LeanClient(Inbox, asyncio.Protocol):
     """A logged-in XMPP user on its own asyncio Protocol; see `amoc.xmpp.connect`."""
 
     __slots__ = (
         "_closed",
         "_echoed",
-        "_inbox",
         "_login",
         "_lost",
         "_online_counted",
@@ -127,10 +126,8 @@ class LeanClient(asyncio.Protocol):
         "_to",
         "_transport",
         "_upgrade",
-        "_waiters",
         "bound_jid",
         "jid",
-        "received",
         "sent",
         "settings",
         "user_id",
@@ -519,22 +516,7 @@ class LeanClient(asyncio.Protocol):
                 sent_us = stamp.decode_value(child.attrs.get("us"))
             elif tag == _DELAY:
                 delayed = True
-        self.received += 1
-        metrics.counter("xmpp.messages.received").inc()
-        ttd = None
-        if sent_us is not None:
-            ttd = stamp.ttd_ms(sent_us, received_us)
-            metrics.histogram("xmpp.ttd_ms").record(ttd)
-        size = self.settings.inbox_size
-        if size > 0:
-            inbox = self._inbox
-            if inbox is None:
-                inbox = self._inbox = deque(maxlen=size)
-            elif len(inbox) == size:
-                metrics.counter("xmpp.messages.dropped").inc()
-            inbox.append(Message(attrs.get("from", ""), body, sent_us, ttd, delayed))
-        if self._waiters:
-            self._wake()
+        self._deliver(attrs.get("from", ""), body, sent_us, received_us, delayed)
 
     def _answer_iq(self, iq: Element) -> None:
         kind = iq.get("type")
@@ -601,64 +583,6 @@ class LeanClient(asyncio.Protocol):
         metrics.counter("xmpp.messages.sent").inc()
 
     # -- receiving --------------------------------------------------------------------------
-
-    async def wait_message(self, timeout_ms: float | None = None) -> Message:
-        """The oldest unread chat message, waiting up to `timeout_ms` (default reply timeout)."""
-        if self.settings.inbox_size <= 0:
-            raise XmppError(f"{self.jid}: wait_message needs an inbox (xmpp_inbox_size > 0)")
-        if not self._inbox:
-            await self._wait_until(lambda: bool(self._inbox), timeout_ms, "message")
-        assert self._inbox is not None
-        return self._inbox.popleft()
-
-    async def wait_received(self, count: int, timeout_ms: float | None = None) -> None:
-        """Wait until `received` (chat messages since login) reaches `count`."""
-        if self.received < count:
-            await self._wait_until(
-                lambda: self.received >= count,
-                timeout_ms,
-                f"{count} messages (got {self.received})",
-            )
-
-    def inbox(self) -> list[Message]:
-        """The unread messages, oldest first (they stay unread)."""
-        return list(self._inbox or ())
-
-    def take_messages(self) -> list[Message]:
-        """Remove and return the unread messages, oldest first (no waiting)."""
-        if not self._inbox:
-            return []
-        taken = list(self._inbox)
-        self._inbox.clear()
-        return taken
-
-    async def _wait_until(
-        self, ready: Callable[[], bool], timeout_ms: float | None, what: str
-    ) -> None:
-        timeout = self.settings.reply_timeout if timeout_ms is None else timeout_ms
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout / 1000.0):
-                while not ready():
-                    self._live()
-                    waiter: asyncio.Future[None] = loop.create_future()
-                    self._waiters.append(waiter)
-                    try:
-                        await waiter
-                    finally:
-                        if waiter in self._waiters:
-                            self._waiters.remove(waiter)
-        except TimeoutError:
-            metrics.counter("xmpp.messages.timeouts").inc()
-            raise ReceiveTimeout(
-                f"{self.jid}: no {what} within {timeout} ms", Reason.TIMEOUT, self.user_id
-            ) from None
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _live(self) -> asyncio.Transport:
         transport = self._transport

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from amoc.config import Config, amoc_config
 from amoc.xmpp import client, lean, naming
-from amoc.xmpp.client import Message
+from amoc.xmpp.inbox import Message
 from amoc.xmpp.settings import Settings, settings
 
 

@@ -1,0 +1,125 @@
+"""What both XMPP clients do with received chat messages: count, time, keep, wait for them.
+
+`Inbox` is a mixin: a client provides `settings`, `jid`, `user_id`, `received`, `_inbox`,
+`_waiters` and `_live()` (which raises when the session is not up), and calls `_deliver`
+for each chat message its transport parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from amoc import metrics
+from amoc.xmpp import stamp
+from amoc.xmpp.errors import Reason, ReceiveTimeout, XmppError
+from amoc.xmpp.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received chat message as `wait_message` returns it."""
+
+    sender: str  # the full JID the server reports as `from`
+    body: str
+    sent_us: int | None  # the sender's stamp (wall clock, µs), None if unstamped
+    ttd_ms: float | None  # time to delivery, None if unstamped
+    delayed: bool  # delivered from offline storage (carries <delay/>)
+
+
+class Inbox:
+    """Receiving, shared by the slixmpp and the lean client."""
+
+    __slots__ = ("_inbox", "_waiters", "received")
+
+    settings: Settings
+    jid: str
+    user_id: int
+    received: int  # chat messages since login
+    _inbox: deque[Message] | None  # made at the first message kept
+    _waiters: list[asyncio.Future[None]]
+
+    def _live(self) -> Any:
+        raise NotImplementedError
+
+    def _deliver(
+        self, sender: str, body: str, sent_us: int | None, received_us: int, delayed: bool
+    ) -> None:
+        """A chat message arrived: count it, record its TTD, keep it, wake the waiters."""
+        self.received += 1
+        metrics.counter("xmpp.messages.received").inc()
+        ttd = None
+        if sent_us is not None:
+            ttd = stamp.ttd_ms(sent_us, received_us)
+            metrics.histogram("xmpp.ttd_ms").record(ttd)
+        size = self.settings.inbox_size
+        if size > 0:
+            inbox = self._inbox
+            if inbox is None:
+                inbox = self._inbox = deque(maxlen=size)
+            elif len(inbox) == inbox.maxlen:
+                metrics.counter("xmpp.messages.dropped").inc()
+            inbox.append(Message(sender, body, sent_us, ttd, delayed))
+        if self._waiters:
+            self._wake()
+
+    async def wait_message(self, timeout_ms: float | None = None) -> Message:
+        """The oldest unread chat message, waiting up to `timeout_ms` (default reply timeout)."""
+        if self.settings.inbox_size <= 0:
+            raise XmppError(f"{self.jid}: wait_message needs an inbox (xmpp_inbox_size > 0)")
+        if not self._inbox:
+            await self._wait_until(lambda: bool(self._inbox), timeout_ms, "message")
+        assert self._inbox is not None
+        return self._inbox.popleft()
+
+    async def wait_received(self, count: int, timeout_ms: float | None = None) -> None:
+        """Wait until `received` (chat messages since login) reaches `count`."""
+        if self.received < count:
+            await self._wait_until(
+                lambda: self.received >= count,
+                timeout_ms,
+                f"{count} messages (got {self.received})",
+            )
+
+    def inbox(self) -> list[Message]:
+        """The unread messages, oldest first (they stay unread)."""
+        return list(self._inbox or ())
+
+    def take_messages(self) -> list[Message]:
+        """Remove and return the unread messages, oldest first (no waiting)."""
+        if not self._inbox:
+            return []
+        taken = list(self._inbox)
+        self._inbox.clear()
+        return taken
+
+    async def _wait_until(
+        self, ready: Callable[[], bool], timeout_ms: float | None, what: str
+    ) -> None:
+        timeout = self.settings.reply_timeout if timeout_ms is None else timeout_ms
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout / 1000.0):
+                while not ready():
+                    self._live()
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        if waiter in self._waiters:
+                            self._waiters.remove(waiter)
+        except TimeoutError:
+            metrics.counter("xmpp.messages.timeouts").inc()
+            raise ReceiveTimeout(
+                f"{self.jid}: no {what} within {timeout} ms", Reason.TIMEOUT, self.user_id
+            ) from None
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
