@@ -13,14 +13,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.terminal import Terminal, amoc
+from tests.net import free_port
 
 HOST = socket.gethostname()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait(predicate: Any, timeout: float, what: str) -> None:

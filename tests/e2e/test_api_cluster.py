@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import Cluster, free_port, wait
+from tests.e2e.cluster import Cluster, wait
+from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.terminal import Terminal
-from tests.integration.xmpp_fixture import XmppServer, free_port
+from tests.integration.xmpp_fixture import XmppServer
+from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import struct
 import subprocess
@@ -38,6 +37,7 @@ from amoc.home import Home
 from amoc.runner import Controller
 from tests.conftest import ROOT
 from tests.e2e.terminal import amoc
+from tests.net import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -130,12 +130,6 @@ class Client:
             if time.monotonic() > deadline:
                 raise AssertionError(f"status never met the condition: {status}")
             time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- (a) in process: an ApiServer on a Controller, port 0 ---------------------------------

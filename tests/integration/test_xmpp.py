@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from amoc import metrics, xmpp
 from amoc.config import amoc_config
 from amoc.runner import Controller, State
+from tests.net import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -123,12 +123,6 @@ def test_wrong_password_is_a_login_error_with_its_reason(xmpp_server: Any) -> No
         before[0] + 1,
         before[1] + 1,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_nothing_listening_is_refused_at_once() -> None:

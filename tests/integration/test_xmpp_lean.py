@@ -16,7 +16,7 @@ import pytest
 from amoc import metrics, xmpp
 from amoc.config import amoc_config
 from amoc.runner import Controller, State
-from tests.integration.xmpp_fixture import free_port
+from tests.net import free_port
 
 pytestmark = pytest.mark.integration
 
