@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import logging
 import time
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,13 +310,9 @@ class Master:
         """Run a throttle action (change_rate, change_rate_gradually, pause, resume) on
         every slave that is up; each applies its share."""
         names = self.slaves()
-        results = await asyncio.gather(
-            *(self.request(n, Verb.THROTTLE, action=action, args=list(args)) for n in names),
-            return_exceptions=True,
+        results = await _on_every_node(
+            self.request(n, Verb.THROTTLE, action=action, args=list(args)) for n in names
         )
-        errors = [str(r) for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise AmocError("; ".join(errors))
         return dict(zip(names, results, strict=True))
 
     async def _ping(self) -> None:
@@ -529,12 +526,7 @@ class Master:
             )  # fmt: skip
             run.started_on.add(name)
 
-        results = await asyncio.gather(
-            *(one(n, placed.get(n, [])) for n in targets), return_exceptions=True
-        )
-        errors = [str(r) for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise AmocError("; ".join(errors))
+        await _on_every_node(one(n, placed.get(n, [])) for n in targets)
 
     async def add(self, count: int) -> dict[str, Any]:
         """Start `count` more users with the next ids over the run's nodes."""
@@ -561,13 +553,9 @@ class Master:
         by_node: dict[str, list[int]] = {}
         for uid in newest:
             by_node.setdefault(run.assigned.pop(uid), []).append(uid)
-        results = await asyncio.gather(
-            *(self.request(n, Verb.REMOVE, ids=ids, force=force) for n, ids in by_node.items()),
-            return_exceptions=True,
+        await _on_every_node(
+            self.request(n, Verb.REMOVE, ids=ids, force=force) for n, ids in by_node.items()
         )
-        errors = [str(r) for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise AmocError("; ".join(errors))
         return {"removed": {n: ids for n, ids in by_node.items()}, "force": force, **self.status()}
 
     async def stop(self) -> dict[str, Any]:
@@ -634,6 +622,16 @@ class Master:
             },
             "node": views,
         }
+
+
+async def _on_every_node(requests: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Run the requests at once and let each finish; their results, or one AmocError that
+    joins every node's error."""
+    results = await asyncio.gather(*requests, return_exceptions=True)
+    errors = [str(r) for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise AmocError("; ".join(errors))
+    return results
 
 
 def _digest(source: str) -> str:
