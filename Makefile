@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 REL    := _rel/amoc
 
-.PHONY: help deps dev rel local-console lint test test-unit test-fast demo bench clean
+.PHONY: help deps dev rel local-console lint test test-unit test-fast demo bench bench-tsung clean
 
 help:
 	@echo "make rel        build the release in $(REL)"
@@ -13,6 +13,7 @@ help:
 	@echo "make test       lint and every test (installs what they need)"
 	@echo "make test-unit  the fast tests only (no servers)"
 	@echo "make bench      the benchmarks in bench/"
+	@echo "make bench-tsung  amoc against Tsung (installs Tsung; about 15 min)"
 
 # System packages the tests, the demo and the benchmarks use (Debian).
 DEBS := ejabberd graphite-carbon tmux chromium openssh-server
@@ -47,6 +48,10 @@ bench: deps dev rel
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_xmpp.py
 	$(PY) bench/bench_cluster.py
+
+# Long (N = 1000, 5000, 10000 for Tsung, amoc over slixmpp and the lean client).
+bench-tsung: deps dev
+	$(PY) bench/bench_tsung.py
 
 clean:
 	rm -rf _rel _build build *.egg-info

@@ -22,9 +22,12 @@ every 50 ms from outside:
   (mod_http_api connected_users_number, interpolated), the same clock for every client;
 - RSS per user: (RSS of the client's process tree once all N are online - RSS just before
   the first session appeared) / N;
-- CPU-s per 1000 messages: CPU of the process tree while every user is chatting (from one
-  interval after the last login to the first user's last message), per 1000 messages sent
+- CPU-s per 1000 messages: CPU of the process tree while every user is chatting (from two
+  intervals after the last login to the first user's last message), per 1000 messages sent
   plus received in that window (by the schedule: 2 * rate * window);
+- login cores client / server: CPU seconds per second used by the client's process tree
+  and by ejabberd between 10% and 90% of N (the machine has `nproc` cores: the one
+  nearer its share of them limits the connect phase);
 - TTD: amoc's xmpp.ttd_ms p50 / p99 in the same window (all users chatting), and over the
   whole run in parentheses (login ramp and logout included); Tsung gives only mean / max
   over the whole run (xmpp_msg_latency).
@@ -41,6 +44,7 @@ import http.client
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -122,8 +126,9 @@ class Tree:
 class Api:
     """mod_http_api of our server over one keep-alive connection."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, server_pid: int | None) -> None:
         self.port = port
+        self.server_pid = server_pid
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
 
     def online(self) -> int:
@@ -146,6 +151,7 @@ class Sample:
     online: int
     cpu: float
     rss: int
+    server_cpu: float
 
 
 @dataclass
@@ -157,11 +163,22 @@ class Run:
     error: str = ""
 
 
+def server_pid(args: argparse.Namespace) -> int | None:
+    """The pid of our ejabberd, from the state tools/xmpp_server.py keeps (None if unknown)."""
+    out = subprocess.run(
+        [*SERVER, "status", "--name", args.server_name],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    found = re.search(r": answering; pid (\d+);", out.stdout)
+    return int(found.group(1)) if found else None
+
+
 def watch(
     proc: subprocess.Popen[str], run: Run, api: Api, deadline_s: float, ready: float | None
 ) -> None:
     """Sample the server and the process tree until the process exits or the deadline."""
     tree = Tree(proc.pid)
+    server = Tree(api.server_pid) if api.server_pid else None
     end = time.monotonic() + deadline_s
     while proc.poll() is None:
         if time.monotonic() > end:
@@ -172,8 +189,9 @@ def watch(
         t = time.monotonic()
         online = api.online()
         cpu, rss = tree.sample()
+        server_cpu = server.sample()[0] if server else math.nan
         if ready is None or t >= ready:
-            run.samples.append(Sample(t, online, cpu, rss))
+            run.samples.append(Sample(t, online, cpu, rss, server_cpu))
         time.sleep(max(0.0, SAMPLE_S - (time.monotonic() - t)))
 
 
@@ -207,11 +225,17 @@ def figures(run: Run, interval_s: float, messages: int, rate: float) -> dict[str
     s = run.samples
     n = run.users
     out = {"logins_s": math.nan, "rss_kib": math.nan, "cpu_1000": math.nan, "window_s": 0.0}
+    out |= {"login_cores": math.nan, "server_cores": math.nan}
     if len(s) < 3:
         return out
     t10, t90 = crossing(s, 0.1 * n), crossing(s, 0.9 * n)
     if t90 > t10:
         out["logins_s"] = 0.8 * n / (t90 - t10)
+        # Who limits the connect phase: cores used by the client and by the server.
+        a, b = at(s, t10), at(s, t90)
+        if b.t > a.t:
+            out["login_cores"] = (b.cpu - a.cpu) / (b.t - a.t)
+            out["server_cores"] = (b.server_cpu - a.server_cpu) / (b.t - a.t)
     first = next((x for x in s if x.online > 0), None)
     all_in = next((x for x in s if x.online >= n), None)
     if first is None or all_in is None:
@@ -220,7 +244,7 @@ def figures(run: Run, interval_s: float, messages: int, rate: float) -> dict[str
     base = before[-1] if before else s[0]
     settled = at(s, all_in.t + 0.3)
     out["rss_kib"] = (settled.rss - base.rss) / n / 1024
-    w0, w1 = all_in.t + interval_s, first.t + messages * interval_s - 0.5
+    w0, w1 = all_in.t + 2 * interval_s, first.t + messages * interval_s - 0.5
     if w1 - w0 >= 2.0:
         a, b = at(s, w0), at(s, w1)
         window = b.t - a.t
@@ -414,17 +438,18 @@ async def amoc_child(args: argparse.Namespace) -> dict[str, Any]:
     window: dict[str, Any] = {}
 
     async def steady_ttd() -> None:
-        # TTD while every user is online and chatting: the window of the CPU figure.
+        # TTD while every user is online and chatting: the window of the CPU figure
+        # (the last to log in sends its first message within two intervals).
         while count("xmpp.logins.ok") + count("xmpp.logins.failed") < users:
             await asyncio.sleep(0.05)
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(2 * interval_s)
         first = ttd.snapshot()
         await asyncio.sleep(max(0.0, began + args.messages * interval_s - 0.5 - loop.time()))
         window.update(describe(difference(ttd.snapshot(), first)))
 
     watcher = asyncio.create_task(steady_ttd())
     await ctl.do("xmpp_one_to_one", 1, users, settings=settings)
-    end = loop.time() + users / args.arrival + (args.messages + 2) * interval_s + 60
+    end = loop.time() + users / args.arrival + (args.messages + 3) * interval_s + 60
     while ctl.status()["state"] != State.FINISHED.value and loop.time() < end:
         await asyncio.sleep(0.5)
     finished = ctl.status()["state"] == State.FINISHED.value
@@ -526,17 +551,18 @@ def row(run: Run, fig: dict[str, float], ref: dict[str, float] | None) -> str:
     e = run.extra
     return (
         f"| {run.client:<7} | {run.users:>5} | {fig['logins_s']:7.0f} | {fig['rss_kib']:6.1f} "
-        f"| {fig['cpu_1000']:6.3f} | {e.get('ttd', '-'):<38} | {e.get('sent', 0):>6} "
+        f"| {fig['cpu_1000']:6.3f} | {e.get('ttd', '-'):<40} | {e.get('sent', 0):>6} "
         f"| {e.get('received', 0):>6} | {ratio('logins_s')} | {ratio('rss_kib')} "
-        f"| {ratio('cpu_1000')} |" + (f" {run.error}" if run.error else "")
+        f"| {ratio('cpu_1000')} | {fig['login_cores']:4.2f} / {fig['server_cores']:4.2f} |"
+        + (f" {run.error}" if run.error else "")
     )
 
 
 HEADER = (
     "| client  |     N | logins/s | RSS KiB/user | CPU-s/1000 msgs | TTD ms"
-    "                                 |   sent | received "
-    "| logins/s vs Tsung | RSS vs Tsung | CPU vs Tsung |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|"
+    "                                   |   sent | received "
+    "| logins/s vs Tsung | RSS vs Tsung | CPU vs Tsung | login cores client / server |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -551,7 +577,7 @@ def parent(args: argparse.Namespace) -> None:
     if not args.no_server:
         server(args, "install")
         server(args, "start")
-    api = Api(args.http_port)
+    api = Api(args.http_port, server_pid(args))
     lines: list[str] = []
     try:
         if not args.no_server:

@@ -1,8 +1,9 @@
 """One-to-one chat: pairs of users send each other stamped messages; TTD is recorded.
 
 Each run of a user: log in, send presence (and wait for its echo), send `messages_per_user`
-chat messages to its neighbour, one every `message_interval` ms (the first one interval
-after the presence), then wait (at most
+chat messages to its neighbour, one every `message_interval` ms (the first one between one
+and two intervals after the presence, at a random point, so that users who logged in
+together do not send in lockstep), then wait (at most
 `receive_timeout` ms) until everything the neighbour has sent so far has arrived, and log out.
 
 Neighbours are pairs: 1 <-> 2, 3 <-> 4, ... (odd n talks with n + 1, even n with n - 1).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass, field
 
 from amoc import metrics, xmpp
@@ -94,11 +96,13 @@ async def start(user_id: int, progress: Progress) -> None:
     try:
         await client.send_presence()
         loop = asyncio.get_running_loop()
-        began = loop.time()
+        # The first message waits at least one interval: the neighbour, started one
+        # interarrival later, is then online. A message that races its login can be
+        # stored offline after its presence emptied the storage (an ejabberd race).
+        # A random phase within the next interval spreads the sends of users who logged
+        # in in one burst; without it they send in lockstep and the TTD tail grows.
+        began = loop.time() + interval * random.random()
         for i in range(count):
-            # The first message too waits one interval: the neighbour, started one
-            # interarrival later, is then online. A message that races its login can be
-            # stored offline after its presence emptied the storage (an ejabberd race).
             delay = began + (i + 1) * interval - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
