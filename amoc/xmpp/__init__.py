@@ -18,8 +18,9 @@ xmpp.logins.failed.<reason>, xmpp.disconnects (unexpected only), xmpp.messages.s
 histograms xmpp.login_time_ms and xmpp.ttd_ms (receiver side, see `amoc.xmpp.stamp`).
 """
 
-from amoc.xmpp.client import Client, Message
+from amoc.xmpp.client import Client
 from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, ReceiveTimeout, XmppError
+from amoc.xmpp.inbox import Message
 from amoc.xmpp.lean import LeanClient
 from amoc.xmpp.naming import jid, password, username
 from amoc.xmpp.session import Session, connect

@@ -12,9 +12,7 @@ Timeouts given to methods are in milliseconds (`timeout_ms`), like every duratio
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-from collections import deque
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -23,8 +21,8 @@ from slixmpp import ClientXMPP
 from amoc import metrics
 from amoc.config import Config
 from amoc.xmpp import naming, stamp
-from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, XmppError
-from amoc.xmpp.inbox import Inbox, Message
+from amoc.xmpp.base import ClientBase, State
+from amoc.xmpp.errors import Reason
 from amoc.xmpp.settings import Settings, settings
 from amoc.xmpp.tls import shared_context
 
@@ -34,14 +32,6 @@ _DELAY_TAG = "{urn:xmpp:delay}delay"
 _BODY_TAG = "{jabber:client}body"
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    LOGGING_IN = "logging in"
-    ONLINE = "online"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
 class _Stream(ClientXMPP):
     """slixmpp's client, with exceptions raised in handlers logged instead of dropped."""
 
@@ -49,57 +39,19 @@ class _Stream(ClientXMPP):
         log.warning("%s: error in an XMPP handler: %r", self.boundjid.bare, exception)
 
 
-class Client(Inbox):
+class Client(ClientBase):
     """A logged-in XMPP user; make one with `await amoc.xmpp.connect(user_id)`."""
 
-    __slots__ = (
-        "_login",
-        "_lost",
-        "_online_counted",
-        "_state",
-        "_stream_error",
-        "_tcp",
-        "jid",
-        "sent",
-        "settings",
-        "user_id",
-        "username",
-        "xmpp",
-    )
+    __slots__ = ("xmpp",)
 
     def __init__(self, user_id: int, config: Settings, username: str) -> None:
-        self.user_id = user_id
-        self.settings = config
-        self.username = username
-        self.jid = f"{username}@{config.domain}"
+        super().__init__(user_id, config, username)
         self.xmpp: ClientXMPP | None = None
-        self.received = 0
-        self.sent = 0
-        self._inbox: deque[Message] | None = None  # made at the first message kept
-        self._waiters: list[asyncio.Future[None]] = []
-        self._state = _State.NEW
-        self._login: asyncio.Future[None] | None = None
-        self._lost: ConnectionLost | None = None
-        self._stream_error = ""
-        self._tcp = False
-        self._online_counted = False
-
-    def __repr__(self) -> str:
-        return f"<amoc.xmpp.Client {self.jid} {self._state.value}>"
-
-    @property
-    def connected(self) -> bool:
-        """True while the session is up (logged in, not stopped, not lost)."""
-        return self._state is _State.ONLINE
 
     # -- login ------------------------------------------------------------------------------
 
-    async def _open(self, password: str) -> None:
+    async def _connect(self, password: str) -> None:
         s = self.settings
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        self._login = loop.create_future()
-        self._state = _State.LOGGING_IN
         full_jid = f"{self.jid}/{s.resource}" if s.resource else self.jid
         xmpp = _Stream(
             full_jid,
@@ -130,42 +82,7 @@ class Client(Inbox):
         ):
             xmpp.add_event_handler(event, handler)
         self.xmpp = xmpp
-        try:
-            xmpp.connect(s.host, s.port)
-            async with asyncio.timeout(s.connect_timeout / 1000.0):
-                await self._login
-        except TimeoutError:
-            stage = "connected but not logged in" if self._tcp else "no TCP connection"
-            self._teardown()
-            raise self._login_failed(
-                Reason.TIMEOUT,
-                f"no session within xmpp_connect_timeout = {s.connect_timeout} ms ({stage})",
-            ) from None
-        except LoginError as exc:
-            self._teardown()
-            raise self._login_failed(exc.reason or Reason.CONNECTION_ERROR, str(exc)) from None
-        except BaseException:
-            self._teardown()
-            raise
-        self._state = _State.ONLINE
-        self._online_counted = True
-        metrics.counter("xmpp.logins.ok").inc()
-        metrics.gauge("xmpp.connected").inc()
-        metrics.histogram("xmpp.login_time_ms").record((loop.time() - started) * 1000.0)
-
-    def _login_failed(self, reason: Reason, detail: str) -> LoginError:
-        s = self.settings
-        metrics.counter("xmpp.logins.failed").inc()
-        metrics.counter(f"xmpp.logins.failed.{reason.value}").inc()
-        if not self._tcp:
-            metrics.counter("xmpp.connections.failed").inc()
-        message = f"login of {self.jid} at {s.host}:{s.port} failed ({reason.value}): {detail}"
-        log.debug(message)
-        return LoginError(message, reason, self.user_id)
-
-    def _fail_login(self, reason: Reason, detail: str) -> None:
-        if self._state is _State.LOGGING_IN and self._login and not self._login.done():
-            self._login.set_exception(LoginError(detail, reason, self.user_id))
+        xmpp.connect(s.host, s.port)
 
     # -- slixmpp event handlers -------------------------------------------------------------
 
@@ -206,40 +123,19 @@ class Client(Inbox):
         )
 
     def _on_stream_error(self, error: Any) -> None:
-        condition = error["condition"] or "undefined-condition"
-        text = error["text"]
-        self._stream_error = f"{condition}: {text}" if text else condition
-        self._fail_login(Reason.STREAM_ERROR, f"stream error {self._stream_error}")
+        self._stream_error_received(error["condition"] or "undefined-condition", error["text"])
 
     def _on_session_start(self, _event: Any) -> None:
-        if self._state is _State.LOGGING_IN and self._login and not self._login.done():
-            self._login.set_result(None)
+        self._logged_in()
 
     def _on_disconnected(self, _reason: Any) -> None:
-        if self._state is _State.LOGGING_IN:
-            detail = f"stream error {self._stream_error}" if self._stream_error else ""
+        if self._state is State.LOGGING_IN:
             # Deferred one loop turn: a failed TLS handshake closes the connection before
             # slixmpp reports why, and the specific reason should win.
-            asyncio.get_running_loop().call_soon(
-                self._fail_login,
-                Reason.STREAM_ERROR if detail else Reason.CLOSED,
-                detail or "the server closed the connection during login",
-            )
-            return
-        if self._state is not _State.ONLINE:
-            return
-        why = f"stream error {self._stream_error}" if self._stream_error else "connection closed"
-        self._lost = ConnectionLost(
-            f"{self.jid}: the server ended the session ({why})",
-            Reason.STREAM_ERROR if self._stream_error else Reason.CLOSED,
-            self.user_id,
-        )
-        log.debug("%s", self._lost)
-        metrics.counter("xmpp.disconnects").inc()
-        self._leave_online()
-        self._state = _State.CLOSED
-        self._cancel_send_task()
-        self._wake()
+            asyncio.get_running_loop().call_soon(self._closed_during_login)
+        elif self._state is State.ONLINE:
+            self._end_session()
+            self._cancel_send_task()
 
     def _on_message(self, msg: Any) -> None:
         xml = msg.xml
@@ -299,49 +195,22 @@ class Client(Inbox):
     # -- receiving --------------------------------------------------------------------------
 
     def _live(self) -> ClientXMPP:
-        if self._state is _State.ONLINE and self.xmpp is not None:
+        if self._state is State.ONLINE and self.xmpp is not None:
             return self.xmpp
-        if self._lost is not None:
-            raise self._lost
-        raise XmppError(f"{self.jid}: the client is {self._state.value}", None, self.user_id)
+        self._not_live()
 
     # -- closing ----------------------------------------------------------------------------
 
-    async def stop(self) -> None:
-        """Close the stream cleanly (bounded by xmpp_stop_timeout); safe to call twice."""
-        if self._state in (_State.CLOSING, _State.CLOSED) or self.xmpp is None:
-            return
-        if self._state is _State.LOGGING_IN:  # connect() is still running in another task
-            self._fail_login(Reason.CLOSED, "stop() was called during login")
-            self._teardown()
-            return
+    async def _close_stream(self) -> None:
         xmpp = self.xmpp
-        self._state = _State.CLOSING
-        self._leave_online()
-        try:
-            if xmpp.transport is not None:
-                wait = self.settings.stop_timeout / 1000.0
-                async with asyncio.timeout(wait + 0.5):
-                    await xmpp.disconnect(wait=wait)
-        except TimeoutError:
-            log.debug("%s: clean close timed out, aborting", self.jid)
-        finally:
-            self._teardown()
-            self._wake()
+        if xmpp is not None and xmpp.transport is not None:
+            wait = self.settings.stop_timeout / 1000.0
+            async with asyncio.timeout(wait + 0.5):
+                await xmpp.disconnect(wait=wait)
 
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.stop()
-
-    def _leave_online(self) -> None:
-        if self._online_counted:
-            self._online_counted = False
-            metrics.gauge("xmpp.connected").dec()
-
-    def _teardown(self) -> None:
-        self._state = _State.CLOSED
+    def _teardown(self, graceful: bool = False) -> None:
+        """Abort the connection (also after a clean close: slixmpp's transport lingers)."""
+        self._state = State.CLOSED
         xmpp = self.xmpp
         if xmpp is None:
             return

@@ -20,19 +20,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import enum
 import functools
 import logging
 import ssl
-from collections import deque
 from collections.abc import Callable
 from typing import cast
 from xml.sax.saxutils import escape, quoteattr
 
 from amoc import metrics
 from amoc.xmpp import naming, scram, stamp
-from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, XmppError
-from amoc.xmpp.inbox import Inbox, Message
+from amoc.xmpp.base import ClientBase, State
+from amoc.xmpp.errors import LoginError, Reason
 from amoc.xmpp.parser import STREAMS_NS, Element, StreamParser, XmlError
 from amoc.xmpp.settings import Settings
 from amoc.xmpp.tls import shared_context
@@ -97,60 +95,28 @@ def _condition(element: Element, namespace: str) -> tuple[str, str]:
     return condition or "undefined-condition", text
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    LOGGING_IN = "logging in"
-    ONLINE = "online"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-class LeanClient(Inbox, asyncio.Protocol):
+class LeanClient(ClientBase, asyncio.Protocol):
     """A logged-in XMPP user on its own asyncio Protocol; see `amoc.xmpp.connect`."""
 
     __slots__ = (
         "_closed",
         "_echoed",
-        "_login",
-        "_lost",
-        "_online_counted",
         "_parser",
         "_password",
         "_scram",
         "_session_required",
-        "_state",
         "_step",
-        "_stream_error",
-        "_tcp",
         "_tls",
         "_to",
         "_transport",
         "_upgrade",
         "bound_jid",
-        "jid",
-        "sent",
-        "settings",
-        "user_id",
-        "username",
     )
 
     def __init__(self, user_id: int, config: Settings, username: str) -> None:
-        self.user_id = user_id
-        self.settings = config
-        self.username = username
-        self.jid = f"{username}@{config.domain}"
+        super().__init__(user_id, config, username)
         self.bound_jid = ""  # the full JID the server bound
-        self.received = 0
-        self.sent = 0
-        self._inbox: deque[Message] | None = None
-        self._waiters: list[asyncio.Future[None]] = []
-        self._state = _State.NEW
-        self._login: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
-        self._lost: ConnectionLost | None = None
-        self._stream_error = ""
-        self._tcp = False
-        self._online_counted = False
         self._echoed = False
         self._transport: asyncio.Transport | None = None
         self._parser: StreamParser | None = None
@@ -164,72 +130,24 @@ class LeanClient(Inbox, asyncio.Protocol):
         self._tls = False  # STARTTLS done
         self._upgrade: asyncio.Task[None] | None = None  # the TLS handshake, while it runs
 
-    def __repr__(self) -> str:
-        return f"<amoc.xmpp.LeanClient {self.jid} {self._state.value}>"
-
-    @property
-    def connected(self) -> bool:
-        """True while the session is up (logged in, not stopped, not lost)."""
-        return self._state is _State.ONLINE
-
     # -- login ------------------------------------------------------------------------------
 
-    async def _open(self, password: str) -> None:
+    async def _connect(self, password: str) -> None:
         s = self.settings
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        self._login = loop.create_future()
-        self._state = _State.LOGGING_IN
-        self._password = password
+        self._password = password  # until logged in or torn down
         try:
-            async with asyncio.timeout(s.connect_timeout / 1000.0):
-                try:
-                    await loop.create_connection(lambda: self, s.host, s.port)
-                except ConnectionRefusedError:
-                    raise LoginError(
-                        "connection refused: is the XMPP server running on that host and port?",
-                        Reason.REFUSED,
-                    ) from None
-                except OSError as exc:
-                    raise LoginError(f"cannot connect: {exc}", Reason.CONNECTION_ERROR) from None
-                await self._login
-        except TimeoutError:
-            stage = "connected but not logged in" if self._tcp else "no TCP connection"
-            self._teardown()
-            raise self._login_failed(
-                Reason.TIMEOUT,
-                f"no session within xmpp_connect_timeout = {s.connect_timeout} ms ({stage})",
+            await asyncio.get_running_loop().create_connection(lambda: self, s.host, s.port)
+        except ConnectionRefusedError:
+            raise LoginError(
+                "connection refused: is the XMPP server running on that host and port?",
+                Reason.REFUSED,
             ) from None
-        except LoginError as exc:
-            self._teardown()
-            raise self._login_failed(exc.reason or Reason.CONNECTION_ERROR, str(exc)) from None
-        except BaseException:
-            self._teardown()
-            raise
-        finally:
-            self._password = ""
-            self._scram = None
-            self._login = None
-        self._state = _State.ONLINE
-        self._online_counted = True
-        metrics.counter("xmpp.logins.ok").inc()
-        metrics.gauge("xmpp.connected").inc()
-        metrics.histogram("xmpp.login_time_ms").record((loop.time() - started) * 1000.0)
+        except OSError as exc:
+            raise LoginError(f"cannot connect: {exc}", Reason.CONNECTION_ERROR) from None
 
-    def _login_failed(self, reason: Reason, detail: str) -> LoginError:
-        s = self.settings
-        metrics.counter("xmpp.logins.failed").inc()
-        metrics.counter(f"xmpp.logins.failed.{reason.value}").inc()
-        if not self._tcp:
-            metrics.counter("xmpp.connections.failed").inc()
-        message = f"login of {self.jid} at {s.host}:{s.port} failed ({reason.value}): {detail}"
-        log.debug(message)
-        return LoginError(message, reason, self.user_id)
-
-    def _fail_login(self, reason: Reason, detail: str) -> None:
-        login = self._login
-        if self._state is _State.LOGGING_IN and login is not None and not login.done():
-            login.set_exception(LoginError(detail, reason, self.user_id))
+    def _forget_secrets(self) -> None:
+        self._password = ""
+        self._scram = None
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None:
@@ -298,7 +216,7 @@ class LeanClient(Inbox, asyncio.Protocol):
         except (ssl.SSLError, OSError) as exc:
             self._fail_login(Reason.TLS, f"TLS handshake failed: {exc}")
         else:
-            if self._state is not _State.LOGGING_IN or tls is None:
+            if self._state is not State.LOGGING_IN or tls is None:
                 return
             self._transport = tls
             self._tls = True
@@ -389,16 +307,15 @@ class LeanClient(Inbox, asyncio.Protocol):
 
     def _logged_in(self) -> None:
         self._step = LeanClient._online
-        login = self._login
-        if self._state is _State.LOGGING_IN and login is not None and not login.done():
-            login.set_result(None)
+        self._forget_secrets()
+        super()._logged_in()
 
     def _unexpected(self, element: Element) -> None:
         if element.tag == _STREAM_ERROR:
             return self._on_stream_error(element)
         if element.tag == _IQ:
             return self._answer_iq(element)
-        if self._state is _State.LOGGING_IN:
+        if self._state is State.LOGGING_IN:
             log.debug("%s: ignored during login: %r", self.jid, element)
         return None
 
@@ -435,28 +352,11 @@ class LeanClient(Inbox, asyncio.Protocol):
         closed = self._closed
         if closed is not None and not closed.done():
             closed.set_result(None)
-        why = f"stream error {self._stream_error}" if self._stream_error else ""
-        if self._state is _State.LOGGING_IN:
-            if self._upgrade is not None:
-                return  # the TLS handshake failed: _start_tls says why
-            self._fail_login(
-                Reason.STREAM_ERROR if why else Reason.CLOSED,
-                why or "the server closed the connection during login",
-            )
-            return
-        if self._state is not _State.ONLINE:
-            return
-        why = why or (f"connection closed: {exc}" if exc else "connection closed")
-        self._lost = ConnectionLost(
-            f"{self.jid}: the server ended the session ({why})",
-            Reason.STREAM_ERROR if self._stream_error else Reason.CLOSED,
-            self.user_id,
-        )
-        log.debug("%s", self._lost)
-        metrics.counter("xmpp.disconnects").inc()
-        self._leave_online()
-        self._state = _State.CLOSED
-        self._wake()
+        if self._state is State.LOGGING_IN:
+            if self._upgrade is None:  # else the TLS handshake failed: _start_tls says why
+                self._closed_during_login()
+        elif self._state is State.ONLINE:
+            self._end_session(exc)
 
     # -- what the parser finds --------------------------------------------------------------
 
@@ -533,9 +433,7 @@ class LeanClient(Inbox, asyncio.Protocol):
             )
 
     def _on_stream_error(self, element: Element) -> None:
-        condition, text = _condition(element, _STREAM_ERRORS)
-        self._stream_error = f"{condition}: {text}" if text else condition
-        self._fail_login(Reason.STREAM_ERROR, f"stream error {self._stream_error}")
+        self._stream_error_received(*_condition(element, _STREAM_ERRORS))
 
     def _protocol_error(self, condition: str, detail: str) -> None:
         log.debug("%s: %s", self.jid, detail)
@@ -586,55 +484,28 @@ class LeanClient(Inbox, asyncio.Protocol):
 
     def _live(self) -> asyncio.Transport:
         transport = self._transport
-        if self._state is _State.ONLINE and transport is not None:
+        if self._state is State.ONLINE and transport is not None:
             return transport
-        if self._lost is not None:
-            raise self._lost
-        raise XmppError(f"{self.jid}: the client is {self._state.value}", None, self.user_id)
+        self._not_live()
 
     # -- closing ----------------------------------------------------------------------------
 
-    async def stop(self) -> None:
-        """Close the stream cleanly (bounded by xmpp_stop_timeout); safe to call twice."""
-        if self._state in (_State.CLOSING, _State.CLOSED, _State.NEW):
-            return
-        if self._state is _State.LOGGING_IN:  # connect() is still running in another task
-            self._fail_login(Reason.CLOSED, "stop() was called during login")
-            self._teardown()
-            return
-        self._state = _State.CLOSING
-        self._leave_online()
+    async def _close_stream(self) -> None:
         transport = self._transport
-        try:
-            if transport is not None:
-                self._closed = closed = asyncio.get_running_loop().create_future()
-                transport.write(_CLOSE)
-                async with asyncio.timeout(self.settings.stop_timeout / 1000.0):
-                    await closed  # the server's </stream:stream>, or the connection's end
-        except TimeoutError:
-            log.debug("%s: clean close timed out, aborting", self.jid)
-        finally:
-            self._teardown(graceful=True)
-            self._wake()
-
-    async def __aenter__(self) -> LeanClient:
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.stop()
+        if transport is not None:
+            self._closed = closed = asyncio.get_running_loop().create_future()
+            transport.write(_CLOSE)
+            async with asyncio.timeout(self.settings.stop_timeout / 1000.0):
+                await closed  # the server's </stream:stream>, or the connection's end
 
     def _drop_parser(self) -> None:
         parser, self._parser = self._parser, None
         if parser is not None:
             parser.close()
 
-    def _leave_online(self) -> None:
-        if self._online_counted:
-            self._online_counted = False
-            metrics.gauge("xmpp.connected").dec()
-
     def _teardown(self, graceful: bool = False) -> None:
-        self._state = _State.CLOSED
+        self._state = State.CLOSED
+        self._forget_secrets()
         if self._upgrade is not None:
             self._upgrade.cancel()
         transport, self._transport = self._transport, None
