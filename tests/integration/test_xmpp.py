@@ -1,4 +1,6 @@
-"""amoc.xmpp and the one-to-one scenario against a real ejabberd."""
+"""amoc.xmpp against a real ejabberd: the slixmpp client (xmpp_client = "slixmpp") with
+the one-to-one scenario, a lost server and a wrong password, and the login failures that
+need no server for both clients. The lean client's own tests are in test_xmpp_lean.py."""
 
 from __future__ import annotations
 
@@ -7,63 +9,29 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from amoc import metrics, xmpp
-from amoc.config import amoc_config
-from amoc.runner import Controller, State
+from tests.integration.xmpp_fixture import (
+    TOOL,
+    XmppServer,
+    connect_kw,
+    count,
+    own_server,
+    run_scenario,
+    server_settings,
+)
 from tests.net import free_port
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = [ROOT / "scenarios"]
-
-
-def count(name: str) -> int:
-    """A counter's current value (counters are process-wide: tests compare deltas)."""
-    return int(metrics.counter(name).value)
+CLIENT = "slixmpp"
 
 
 def ttd_count() -> int:
     return int(metrics.histogram("xmpp.ttd_ms").count)
-
-
-def server_settings(server: Any) -> dict[str, Any]:
-    return {
-        "xmpp_host": server.host,
-        "xmpp_port": server.port,
-        "xmpp_domain": server.domain,
-        "xmpp_username_prefix": server.user_prefix,
-        "xmpp_password_prefix": server.password_prefix,
-    }
-
-
-def connect_kw(server: Any) -> dict[str, Any]:
-    return {k.removeprefix("xmpp_"): v for k, v in server_settings(server).items()}
-
-
-async def run_scenario(
-    settings: dict[str, Any], first: int, last: int, deadline_s: float
-) -> dict[str, Any]:
-    """Run xmpp_one_to_one for ids first..last with the runner; return its final status."""
-    ctl = Controller(scenario_dirs=SCENARIOS)
-    try:
-        await ctl.do("xmpp_one_to_one", first, last, settings=settings)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline_s
-        while ctl.status()["state"] != State.FINISHED.value:
-            assert loop.time() < end, f"scenario still running after {deadline_s} s"
-            await asyncio.sleep(0.05)
-        return ctl.status()
-    finally:
-        await ctl.close()
-        for name in settings:
-            amoc_config.unset(name)
 
 
 # -- the scenario ---------------------------------------------------------------------------
@@ -85,7 +53,7 @@ def test_one_to_one_delivers_every_message(xmpp_server: Any) -> None:
     before = {n: count(n) for n in names}
     ttd_before = ttd_count()
     settings = {
-        **server_settings(xmpp_server),
+        **server_settings(xmpp_server, CLIENT),
         "messages_per_user": per_user,
         "message_interval": 100,
         "receive_timeout": 15_000,
@@ -113,7 +81,9 @@ def test_wrong_password_is_a_login_error_with_its_reason(xmpp_server: Any) -> No
 
     async def run() -> xmpp.LoginError:
         with pytest.raises(xmpp.LoginError) as caught:
-            await xmpp.connect(10_401, password="not-the-password", **connect_kw(xmpp_server))
+            await xmpp.connect(
+                10_401, password="not-the-password", **connect_kw(xmpp_server, CLIENT)
+            )
         return caught.value
 
     err = asyncio.run(run())
@@ -125,85 +95,62 @@ def test_wrong_password_is_a_login_error_with_its_reason(xmpp_server: Any) -> No
     )
 
 
-def test_nothing_listening_is_refused_at_once() -> None:
+@pytest.mark.parametrize("client", ["slixmpp", "lean"])
+def test_nothing_listening_is_refused_at_once(client: str) -> None:
     port = free_port()
-    before = count("xmpp.logins.failed.refused")
+    before = (count("xmpp.logins.failed.refused"), count("xmpp.connections.failed"))
 
     async def run() -> xmpp.LoginError:
         with pytest.raises(xmpp.LoginError) as caught:
-            await xmpp.connect(1, port=port, connect_timeout=5000)
+            await xmpp.connect(1, client=client, port=port, connect_timeout=5000)
         return caught.value
 
     started = time.monotonic()
     err = asyncio.run(run())
     assert time.monotonic() - started < 2
     assert err.reason is xmpp.Reason.REFUSED and f"127.0.0.1:{port}" in str(err)
-    assert count("xmpp.logins.failed.refused") == before + 1
+    assert (count("xmpp.logins.failed.refused"), count("xmpp.connections.failed")) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
 
 
-def test_a_silent_server_times_out_within_the_timeout() -> None:
+@pytest.mark.parametrize("client", ["slixmpp", "lean"])
+def test_a_silent_server_times_out_within_the_timeout(client: str) -> None:
     async def run() -> xmpp.LoginError:
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
             with pytest.raises(xmpp.LoginError) as caught:
-                await xmpp.connect(1, port=port, connect_timeout=300)
+                await xmpp.connect(1, client=client, port=port, connect_timeout=300)
             return caught.value
         finally:
             server.close()
 
+    before = count("xmpp.logins.failed.timeout")
     started = time.monotonic()
     err = asyncio.run(run())
     assert 0.25 < time.monotonic() - started < 2
     assert err.reason is xmpp.Reason.TIMEOUT and "300 ms" in str(err)
+    assert "connected but not logged in" in str(err)
+    assert count("xmpp.logins.failed.timeout") == before + 1
 
 
 # -- the server goes away mid-run -----------------------------------------------------------
 
 
-@dataclass
-class Dedicated:
-    """A server of our own, so that stopping it disturbs no other test."""
-
-    host: str
-    port: int
-    domain: str
-    user_prefix: str
-    password_prefix: str
-    name: str
-    http_port: int
-
-    def ctl(self, verb: str, *extra: str) -> None:
-        opts = ["--name", self.name, "--host", self.host, "--port", str(self.port)]
-        opts += ["--http-port", str(self.http_port), "--domain", self.domain]
-        subprocess.run(
-            [sys.executable, str(ROOT / "tools" / "xmpp_server.py"), verb, *opts, *extra],
-            check=True,
-            timeout=180,
-            capture_output=True,
-        )
-
-
 @pytest.fixture
-def dedicated_server() -> Iterator[Dedicated]:
-    server = Dedicated(
-        "127.0.0.1", free_port(), "localhost", "user_", "password_", "amoc_test_xmpp_stop", 0
-    )
-    server.http_port = free_port()
-    server.ctl("install")
-    server.ctl("start")
-    try:
-        server.ctl("register", "--first", "1", "--last", "100")
+def dedicated_server() -> Iterator[XmppServer]:
+    """A server of our own, so that stopping it disturbs no other test."""
+    with own_server("amoc_test_xmpp_stop", users=100) as server:
         yield server
-    finally:
-        server.ctl("remove")
 
 
-def test_server_stopping_mid_run_fails_users_cleanly(dedicated_server: Dedicated) -> None:
+def test_server_stopping_mid_run_fails_users_cleanly(dedicated_server: XmppServer) -> None:
     users = 100
     before = {n: count(n) for n in ("xmpp.disconnects", "xmpp.logins.ok", "users.failed")}
     settings = {
-        **server_settings(dedicated_server),
+        **server_settings(dedicated_server, CLIENT),
         "messages_per_user": 100,
         "message_interval": 100,
         "receive_timeout": 30_000,
@@ -218,7 +165,7 @@ def test_server_stopping_mid_run_fails_users_cleanly(dedicated_server: Dedicated
         while count("xmpp.logins.ok") - before["xmpp.logins.ok"] < users:
             assert loop.time() < end and not scenario.done(), "users did not log in"
             await asyncio.sleep(0.05)
-        await asyncio.to_thread(dedicated_server.ctl, "stop")
+        await asyncio.to_thread(dedicated_server.stop)
         return await scenario
 
     started = time.monotonic()
@@ -229,10 +176,10 @@ def test_server_stopping_mid_run_fails_users_cleanly(dedicated_server: Dedicated
     assert metrics.gauge("xmpp.connected").value == 0
 
     # The server comes back: the same users log in again.
-    dedicated_server.ctl("start")
+    dedicated_server.start()
 
     async def again() -> bool:
-        client = await xmpp.connect(1, **connect_kw(dedicated_server))
+        client = await xmpp.connect(1, **connect_kw(dedicated_server, CLIENT))
         try:
             return client.connected
         finally:
@@ -246,7 +193,7 @@ def test_server_stopping_mid_run_fails_users_cleanly(dedicated_server: Dedicated
 
 def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "xmpp_server.py"), *args],
+        [sys.executable, str(TOOL), *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -3,42 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from amoc import metrics, xmpp
-from amoc.config import amoc_config
-from amoc.runner import Controller, State
-from tests.net import free_port
+from tests.integration.xmpp_fixture import (
+    XmppServer,
+    connect_kw,
+    count,
+    own_server,
+    run_scenario,
+    server_settings,
+)
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = [ROOT / "scenarios"]
+CLIENT = "lean"
 
 
-def count(name: str) -> int:
-    """A counter's current value (counters are process-wide: tests compare deltas)."""
-    return int(metrics.counter(name).value)
-
-
-def server_kw(server: Any) -> dict[str, Any]:
+def server_kw(server: XmppServer) -> dict[str, Any]:
     """connect() overrides that reach `server` with the lean client."""
-    return {
-        "client": "lean",
-        "host": server.host,
-        "port": server.port,
-        "domain": server.domain,
-        "username_prefix": server.user_prefix,
-        "password_prefix": server.password_prefix,
-    }
+    return connect_kw(server, CLIENT)
 
 
 # -- logins ---------------------------------------------------------------------------------
@@ -99,45 +87,6 @@ def test_wrong_password_is_an_auth_login_error(xmpp_server: Any, sasl: str) -> N
     )
 
 
-def test_nothing_listening_is_refused_at_once() -> None:
-    port = free_port()
-    before = (count("xmpp.logins.failed.refused"), count("xmpp.connections.failed"))
-
-    async def run() -> xmpp.LoginError:
-        with pytest.raises(xmpp.LoginError) as caught:
-            await xmpp.connect(1, client="lean", port=port, connect_timeout=5000)
-        return caught.value
-
-    started = time.monotonic()
-    err = asyncio.run(run())
-    assert time.monotonic() - started < 2
-    assert err.reason is xmpp.Reason.REFUSED and f"127.0.0.1:{port}" in str(err)
-    assert (count("xmpp.logins.failed.refused"), count("xmpp.connections.failed")) == (
-        before[0] + 1,
-        before[1] + 1,
-    )
-
-
-def test_a_silent_server_times_out_within_the_timeout() -> None:
-    async def run() -> xmpp.LoginError:
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            with pytest.raises(xmpp.LoginError) as caught:
-                await xmpp.connect(1, client="lean", port=port, connect_timeout=300)
-            return caught.value
-        finally:
-            server.close()
-
-    before = count("xmpp.logins.failed.timeout")
-    started = time.monotonic()
-    err = asyncio.run(run())
-    assert 0.25 < time.monotonic() - started < 2
-    assert err.reason is xmpp.Reason.TIMEOUT and "300 ms" in str(err)
-    assert "connected but not logged in" in str(err)
-    assert count("xmpp.logins.failed.timeout") == before + 1
-
-
 def test_waiting_for_a_message_that_never_comes_times_out(xmpp_server: Any) -> None:
     xmpp_server.register(20_501, 20_501)
     before = count("xmpp.messages.timeouts")
@@ -158,35 +107,8 @@ def test_waiting_for_a_message_that_never_comes_times_out(xmpp_server: Any) -> N
 # -- the scenario ---------------------------------------------------------------------------
 
 
-async def run_scenario(
-    settings: dict[str, Any], first: int, last: int, deadline_s: float
-) -> dict[str, Any]:
-    """Run xmpp_one_to_one for ids first..last with the runner; return its final status."""
-    ctl = Controller(scenario_dirs=SCENARIOS)
-    try:
-        await ctl.do("xmpp_one_to_one", first, last, settings=settings)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline_s
-        while ctl.status()["state"] != State.FINISHED.value:
-            assert loop.time() < end, f"scenario still running after {deadline_s} s"
-            await asyncio.sleep(0.05)
-        return ctl.status()
-    finally:
-        await ctl.close()
-        for name in settings:
-            amoc_config.unset(name)
-
-
-def scenario_settings(server: Any, **extra: Any) -> dict[str, Any]:
-    return {
-        "xmpp_client": "lean",
-        "xmpp_host": server.host,
-        "xmpp_port": server.port,
-        "xmpp_domain": server.domain,
-        "xmpp_username_prefix": server.user_prefix,
-        "xmpp_password_prefix": server.password_prefix,
-        **extra,
-    }
+def scenario_settings(server: XmppServer, **extra: Any) -> dict[str, Any]:
+    return {**server_settings(server, CLIENT), **extra}
 
 
 def test_one_to_one_with_the_lean_client_delivers_every_message(xmpp_server: Any) -> None:
@@ -228,42 +150,14 @@ def test_one_to_one_with_the_lean_client_delivers_every_message(xmpp_server: Any
 # -- the server goes away mid-session -------------------------------------------------------
 
 
-@dataclass
-class Dedicated:
-    """An ejabberd of our own (own name, own ports), so stopping it disturbs no other test."""
-
-    name: str
-    host: str
-    port: int
-    http_port: int
-    domain: str = "localhost"
-    user_prefix: str = "user_"
-    password_prefix: str = "password_"
-
-    def ctl(self, verb: str, *extra: str) -> None:
-        opts = ["--name", self.name, "--host", self.host, "--port", str(self.port)]
-        opts += ["--http-port", str(self.http_port), "--domain", self.domain]
-        subprocess.run(
-            [sys.executable, str(ROOT / "tools" / "xmpp_server.py"), verb, *opts, *extra],
-            check=True,
-            timeout=180,
-            capture_output=True,
-        )
-
-
 @pytest.fixture
-def lean_stop_server() -> Iterator[Dedicated]:
-    server = Dedicated("amoc_test_lean_stop", "127.0.0.1", free_port(), free_port())
-    server.ctl("install")
-    try:
-        server.ctl("start")
-        server.ctl("register", "--first", "1", "--last", "60")
+def lean_stop_server() -> Iterator[XmppServer]:
+    """An ejabberd of our own, so that stopping it disturbs no other test."""
+    with own_server("amoc_test_lean_stop", users=60) as server:
         yield server
-    finally:
-        server.ctl("remove")
 
 
-def test_server_stopping_mid_session_raises_connection_lost(lean_stop_server: Dedicated) -> None:
+def test_server_stopping_mid_session_raises_connection_lost(lean_stop_server: XmppServer) -> None:
     users = 60
     before = {n: count(n) for n in ("xmpp.disconnects", "xmpp.logins.ok")}
     connected_before = metrics.gauge("xmpp.connected").value
@@ -279,7 +173,7 @@ def test_server_stopping_mid_session_raises_connection_lost(lean_stop_server: De
             asyncio.create_task(client.wait_message(timeout_ms=30_000)) for client in clients
         ]
         await asyncio.sleep(0.2)
-        await asyncio.to_thread(lean_stop_server.ctl, "stop")
+        await asyncio.to_thread(lean_stop_server.stop)
         outcome = await asyncio.gather(*waiters, return_exceptions=True)
         for client in clients:
             assert not client.connected
@@ -299,7 +193,7 @@ def test_server_stopping_mid_session_raises_connection_lost(lean_stop_server: De
     assert metrics.gauge("xmpp.connected").value == connected_before
 
     # The server comes back: the same user logs in again.
-    lean_stop_server.ctl("start")
+    lean_stop_server.start()
 
     async def again() -> bool:
         client = await xmpp.connect(1, **server_kw(lean_stop_server))
