@@ -576,16 +576,17 @@ def parent(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="amoc_bench_tsung_"))
     if not args.no_server:
         server(args, "install")
-        server(args, "start")
-    api = Api(args.http_port, server_pid(args))
+    api: Api | None = None
     lines: list[str] = []
     try:
         if not args.no_server:
+            server(args, "start")
             for users in args.users:
                 for c in clients:
                     extra = ["--user-prefix", prefix(c, users)]
                     extra += ["--password-prefix", PASSWORD_PREFIX]
                     server(args, "register", "--first", "1", "--last", str(users), *extra)
+        api = Api(args.http_port, server_pid(args))
         print(HEADER, flush=True)
         for users in args.users:
             interval_s = users / args.rate
@@ -602,7 +603,8 @@ def parent(args: argparse.Namespace) -> None:
                 lines.append(line)
                 print(line, flush=True)
     finally:
-        api.conn.close()
+        if api is not None:
+            api.conn.close()
         stop_our_epmd(work)
         if not args.no_server:
             server(args, "remove")

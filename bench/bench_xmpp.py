@@ -299,9 +299,9 @@ def parent(args: argparse.Namespace) -> None:
     total = args.users + args.naive_users
     if not args.no_server:
         server(args, "install")
-        server(args, "start")
     try:
         if not args.no_server:
+            server(args, "start")
             server(args, "register", "--first", "1", "--last", str(total))
         lean = run_child("amoc", args, args.users, 1)
         print(line("amoc", args.users, lean), flush=True)
