@@ -87,6 +87,22 @@ async def test_interval_zero_limits_parallelism() -> None:
     assert peak == 3
 
 
+async def test_send_and_wait_runs_the_function_under_the_throttle() -> None:
+    throttle.start("s", 1, interval=0)
+    running = 0
+
+    async def work(x: int) -> int:
+        nonlocal running
+        running += 1
+        assert running == 1, "two calls ran at once under a parallelism of 1"
+        await asyncio.sleep(0.01)
+        running -= 1
+        return x * 2
+
+    got = await asyncio.gather(*(throttle.send_and_wait("s", work, i) for i in range(4)))
+    assert got == [0, 2, 4, 6]
+
+
 async def test_throttle_errors_name_the_problem() -> None:
     with pytest.raises(throttle.ThrottleError, match="no throttle 'x'"):
         await throttle.wait("x")
