@@ -7,7 +7,13 @@ asyncio Protocol and expat, a fraction of the memory and CPU) or "slixmpp" (amoc
     await client.send_presence()                   # returns once the server echoed it
     client.send_chat(other_id)                     # stamped for time to delivery
     msg = await client.wait_message(timeout_ms=5000)
+    client.send(stanza.presence(to=..., type="subscribe"))       # any stanza
+    el = await client.wait_for(pred.presence("subscribed"), timeout_ms=5000)
+    roster = await client.iq(stanza.roster_get())  # timed per kind; IqError(condition)
     await client.stop()
+
+The toolkit: `amoc.xmpp.stanza` (builders), `amoc.xmpp.pred` (predicates), `client.send`,
+`client.wait_for`, `client.add_handler`, `client.iq` (see `amoc.xmpp.router`).
 
 Declare `amoc.xmpp.PARAMETERS` in a scenario's `PARAMETERS` to make the xmpp_* settings
 visible in the console; they resolve with their defaults either way.
@@ -15,14 +21,27 @@ visible in the console; they resolve with their defaults either way.
 Metrics: counters xmpp.connections.ok / .failed, xmpp.logins.ok / .failed and
 xmpp.logins.failed.<reason>, xmpp.disconnects (unexpected only), xmpp.messages.sent /
 .received / .timeouts / .errors / .dropped; gauge xmpp.connected (sessions online);
-histograms xmpp.login_time_ms and xmpp.ttd_ms (receiver side, see `amoc.xmpp.stamp`).
+histograms xmpp.login_time_ms and xmpp.ttd_ms (receiver side, see `amoc.xmpp.stamp`);
+per IQ kind xmpp.iq.<kind>.time_ms / .timeouts / .errors; xmpp.muc.ttd_ms and
+xmpp.pubsub.ttd_ms for stamped groupchat messages and PubSub items; xmpp.presences.received,
+xmpp.stanzas.sent / .timeouts / .unclaimed.
 """
 
+from amoc.xmpp import pred, stanza
 from amoc.xmpp.client import Client
-from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, ReceiveTimeout, XmppError
+from amoc.xmpp.errors import (
+    ConnectionLost,
+    IqError,
+    LoginError,
+    NotSupported,
+    Reason,
+    ReceiveTimeout,
+    XmppError,
+)
 from amoc.xmpp.inbox import Message
 from amoc.xmpp.lean import LeanClient
 from amoc.xmpp.naming import jid, password, username
+from amoc.xmpp.parser import Element
 from amoc.xmpp.session import Session, connect
 from amoc.xmpp.settings import PARAMETERS, Settings, settings
 
@@ -30,9 +49,12 @@ __all__ = [
     "PARAMETERS",
     "Client",
     "ConnectionLost",
+    "Element",
+    "IqError",
     "LeanClient",
     "LoginError",
     "Message",
+    "NotSupported",
     "Reason",
     "ReceiveTimeout",
     "Session",
@@ -41,6 +63,8 @@ __all__ = [
     "connect",
     "jid",
     "password",
+    "pred",
     "settings",
+    "stanza",
     "username",
 ]

@@ -19,7 +19,7 @@ from typing import NoReturn, Self
 
 from amoc import metrics
 from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, XmppError
-from amoc.xmpp.inbox import Inbox
+from amoc.xmpp.router import Router
 from amoc.xmpp.settings import Settings
 
 log = logging.getLogger("amoc.xmpp")
@@ -33,7 +33,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class ClientBase(Inbox):
+class ClientBase(Router):
     """One simulated user's session, whichever transport carries it."""
 
     __slots__ = (
@@ -59,6 +59,7 @@ class ClientBase(Inbox):
         self.sent = 0
         self._inbox = None  # made at the first message kept
         self._waiters = []
+        self._init_router()
         self._state = State.NEW
         self._login: asyncio.Future[None] | None = None  # while logging in
         self._lost: ConnectionLost | None = None
@@ -160,6 +161,7 @@ class ClientBase(Inbox):
         self._leave_online()
         self._state = State.CLOSED
         self._wake()
+        self._fail_waiting(self._lost)
 
     def _not_live(self) -> NoReturn:
         if self._lost is not None:
@@ -191,6 +193,7 @@ class ClientBase(Inbox):
         finally:
             self._teardown(graceful=True)
             self._wake()
+            self._fail_waiting(XmppError(f"{self.jid}: the client was stopped", None, self.user_id))
 
     async def __aenter__(self) -> Self:
         return self

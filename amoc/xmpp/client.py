@@ -23,13 +23,13 @@ from amoc.config import Config
 from amoc.xmpp import naming, stamp
 from amoc.xmpp.base import ClientBase, State
 from amoc.xmpp.errors import Reason
+from amoc.xmpp.parser import from_etree
 from amoc.xmpp.settings import Settings, settings
 from amoc.xmpp.tls import shared_context
 
 log = logging.getLogger("amoc.xmpp")
 
-_DELAY_TAG = "{urn:xmpp:delay}delay"
-_BODY_TAG = "{jabber:client}body"
+_PRESENCE_TAG = "{jabber:client}presence"
 
 
 class _Stream(ClientXMPP):
@@ -42,11 +42,12 @@ class _Stream(ClientXMPP):
 class Client(ClientBase):
     """A logged-in XMPP user; make one with `await amoc.xmpp.connect(user_id)`."""
 
-    __slots__ = ("xmpp",)
+    __slots__ = ("_echoed", "xmpp")
 
     def __init__(self, user_id: int, config: Settings, username: str) -> None:
         super().__init__(user_id, config, username)
         self.xmpp: ClientXMPP | None = None
+        self._echoed = False
 
     # -- login ------------------------------------------------------------------------------
 
@@ -78,9 +79,13 @@ class Client(ClientBase):
             ("stream_error", self._on_stream_error),
             ("session_start", self._on_session_start),
             ("disconnected", self._on_disconnected),
-            ("message", self._on_message),
         ):
             xmpp.add_event_handler(event, handler)
+        # Online, every stanza goes to amoc's router (as in the lean client), not slixmpp's.
+        xmpp.add_filter("in", self._on_stanza)
+        policy = s.subscription_requests
+        xmpp.roster.auto_authorize = {"accept": True, "refuse": False}.get(policy)
+        xmpp.roster.auto_subscribe = False
         self.xmpp = xmpp
         xmpp.connect(s.host, s.port)
 
@@ -137,40 +142,38 @@ class Client(ClientBase):
             self._end_session()
             self._cancel_send_task()
 
-    def _on_message(self, msg: Any) -> None:
-        xml = msg.xml
-        if xml.get("type") == "error":
-            metrics.counter("xmpp.messages.errors").inc()
-            return
-        received_us = stamp.now_us()
-        self._deliver(
-            xml.get("from", ""),
-            xml.findtext(_BODY_TAG) or "",
-            stamp.read(xml),
-            received_us,
-            xml.find(_DELAY_TAG) is not None,
-        )
+    def _on_stanza(self, stanza: Any) -> Any:
+        if self._state is not State.ONLINE:
+            return stanza
+        xml = stanza.xml
+        if (
+            not self._echoed
+            and xml.tag == _PRESENCE_TAG
+            and xml.get("type") is None
+            and self.xmpp is not None
+            and xml.get("from") == str(self.xmpp.boundjid)
+        ):
+            self._echoed = True
+            self._wake()
+            return None
+        if xml.tag.startswith("{jabber:client}"):
+            self._route(from_etree(xml))
+            return None
+        return stanza
+
+    def _send_raw(self, text: str) -> None:
+        if self.xmpp is not None:
+            self.xmpp.send_raw(text)
 
     # -- sending ----------------------------------------------------------------------------
 
     async def send_presence(self, wait: bool = True, timeout_ms: float | None = None) -> None:
         """Send initial presence; with `wait`, return once the server echoed it back."""
         xmpp = self._live()
-        if not wait:
-            xmpp.send_raw("<presence/>")
-            return
-        own = str(xmpp.boundjid)
-        echoed = False
-
-        def on_presence(pres: Any) -> None:
-            nonlocal echoed
-            if pres.xml.get("from") == own:
-                echoed = True
-                self._wake()
-
-        with xmpp.event_handler("presence_available", on_presence):
-            xmpp.send_raw("<presence/>")
-            await self._wait_until(lambda: echoed, timeout_ms, "echo of its presence")
+        self._echoed = False
+        xmpp.send_raw("<presence/>")
+        if wait:
+            await self._wait_until(lambda: self._echoed, timeout_ms, "echo of its presence")
 
     def send_chat(self, to: int | str, body: str | None = None) -> None:
         """Send a stamped chat message to user id `to` or to a JID string.

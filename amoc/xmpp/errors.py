@@ -18,6 +18,9 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"  # connect + auth + bind took longer than xmpp_connect_timeout
     STREAM_ERROR = "stream_error"  # the server sent <stream:error/>
     CLOSED = "closed"  # the server closed the connection
+    REGISTRATION = "registration"  # in-band registration refused (XEP-0077)
+    IQ_ERROR = "iq_error"  # an IQ request answered with type='error'
+    NOT_SUPPORTED = "not_supported"  # the chosen client cannot do this
 
 
 class XmppError(AmocError):
@@ -39,3 +42,24 @@ class ConnectionLost(XmppError):
 
 class ReceiveTimeout(XmppError):
     """`wait_message()` / `wait_received()` saw nothing in time."""
+
+
+class IqError(XmppError):
+    """An IQ request was answered with an error: `condition` (RFC 6120 §8.3.3), `text`."""
+
+    def __init__(
+        self,
+        message: str,
+        condition: str,
+        text: str = "",
+        kind: str = "",
+        user_id: int | None = None,
+    ) -> None:
+        super().__init__(message, Reason.IQ_ERROR, user_id)
+        self.condition = condition
+        self.text = text
+        self.kind = kind
+
+
+class NotSupported(XmppError):
+    """The chosen client cannot do what was asked; the message names the one that can."""

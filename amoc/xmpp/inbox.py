@@ -49,12 +49,22 @@ class Inbox:
         self, sender: str, body: str, sent_us: int | None, received_us: int, delayed: bool
     ) -> None:
         """A chat message arrived: count it, record its TTD, keep it, wake the waiters."""
+        self._keep(sender, body, sent_us, self._count_chat(sent_us, received_us), delayed)
+
+    def _count_chat(self, sent_us: int | None, received_us: int) -> float | None:
+        """Count a received chat message and record its TTD (returned, None if unstamped)."""
         self.received += 1
         metrics.counter("xmpp.messages.received").inc()
         ttd = None
         if sent_us is not None:
             ttd = stamp.ttd_ms(sent_us, received_us)
             metrics.histogram("xmpp.ttd_ms").record(ttd)
+        return ttd
+
+    def _keep(
+        self, sender: str, body: str, sent_us: int | None, ttd: float | None, delayed: bool
+    ) -> None:
+        """Keep a counted chat message for wait_message and wake the waiters."""
         size = self.settings.inbox_size
         if size > 0:
             inbox = self._inbox

@@ -28,10 +28,11 @@ from typing import cast
 from xml.sax.saxutils import escape, quoteattr
 
 from amoc import metrics
-from amoc.xmpp import naming, scram, stamp
+from amoc.xmpp import naming, scram, stamp, stanza
 from amoc.xmpp.base import ClientBase, State
 from amoc.xmpp.errors import LoginError, Reason
 from amoc.xmpp.parser import STREAMS_NS, Element, StreamParser, XmlError
+from amoc.xmpp.router import stanza_error
 from amoc.xmpp.settings import Settings
 from amoc.xmpp.tls import shared_context
 
@@ -46,6 +47,7 @@ _CLIENT = "jabber:client"
 _TLS = "urn:ietf:params:xml:ns:xmpp-tls"
 
 _FEATURES = f"{STREAMS_NS} features"
+_REGISTER_FEATURE = "http://jabber.org/features/iq-register register"
 _STARTTLS = f"{_TLS} starttls"
 _PROCEED = f"{_TLS} proceed"
 _TLS_FAILURE = f"{_TLS} failure"
@@ -58,13 +60,8 @@ _BIND_TAG = f"{_BIND} bind"
 _JID = f"{_BIND} jid"
 _SESSION_TAG = f"{_SESSION} session"
 _OPTIONAL = f"{_SESSION} optional"
-_MESSAGE = f"{_CLIENT} message"
 _PRESENCE = f"{_CLIENT} presence"
 _IQ = f"{_CLIENT} iq"
-_BODY = f"{_CLIENT} body"
-_STAMP = f"{stamp.NAMESPACE} stamp"
-_DELAY = "urn:xmpp:delay delay"
-_PING = "urn:xmpp:ping ping"
 
 _CLOSE = b"</stream:stream>"
 _PRESENCE_TEXT = b"<presence/>"
@@ -101,8 +98,11 @@ class LeanClient(ClientBase, asyncio.Protocol):
     __slots__ = (
         "_closed",
         "_echoed",
+        "_features",
         "_parser",
         "_password",
+        "_register",
+        "_registering_since",
         "_scram",
         "_session_required",
         "_step",
@@ -118,12 +118,15 @@ class LeanClient(ClientBase, asyncio.Protocol):
         self.bound_jid = ""  # the full JID the server bound
         self._closed: asyncio.Future[None] | None = None
         self._echoed = False
+        self._features: Element | None = None  # the stream features kept while registering
+        self._registering_since = 0.0
         self._transport: asyncio.Transport | None = None
         self._parser: StreamParser | None = None
         # The current login step or the online handler, as a plain function: a bound
         # method kept in an attribute would make each client a reference cycle.
         self._step: Callable[[LeanClient, Element], None] = LeanClient._unexpected
         self._password = ""
+        self._register = False  # in-band registration (XEP-0077) before the login
         self._scram: scram.Scram | None = None
         self._session_required = False
         self._to: tuple[int, str] = (0, "")  # the last user id sent to, and its quoted JID
@@ -153,6 +156,9 @@ class LeanClient(ClientBase, asyncio.Protocol):
         if self._transport is not None:
             self._transport.write(data)
 
+    def _send_raw(self, text: str) -> None:
+        self._write(text.encode())
+
     # The login steps: each takes the next stanza of the stream.
 
     def _sasl_features(self, features: Element) -> None:
@@ -166,6 +172,8 @@ class LeanClient(ClientBase, asyncio.Protocol):
             self._write(f"<starttls xmlns='{_TLS}'/>".encode())
             self._step = LeanClient._tls_answer
             return None
+        if self._register:
+            return self._send_registration(features)
         mechanisms = features.find(_MECHANISMS)
         offered = [m.text.strip() for m in mechanisms.children] if mechanisms else []
         mech = self.settings.sasl
@@ -186,6 +194,40 @@ class LeanClient(ClientBase, asyncio.Protocol):
             f"{base64.b64encode(initial).decode()}</auth>".encode()
         )
         self._step = LeanClient._sasl_answer
+
+    def _send_registration(self, features: Element) -> None:
+        """XEP-0077 §3.1: register the account on the open stream, then log in."""
+        if features.find(_REGISTER_FEATURE) is None:
+            return self._fail_login(
+                Reason.REGISTRATION,
+                "the server does not offer in-band registration (XEP-0077) in its stream "
+                "features: enable it (ejabberd mod_register, Prosody allow_registration)",
+            )
+        self._register = False
+        self._features = features
+        self._registering_since = asyncio.get_running_loop().time()
+        self._send_raw(stanza.register(self.username, self._password).xml("register"))
+        self._step = LeanClient._registered
+        return None
+
+    def _registered(self, iq: Element) -> None:
+        if iq.tag != _IQ or iq.get("id") != "register":
+            return self._unexpected(iq)
+        features, self._features = self._features, None
+        elapsed = (asyncio.get_running_loop().time() - self._registering_since) * 1000.0
+        metrics.histogram("xmpp.registrations.time_ms").record(elapsed)
+        if iq.get("type") == "result":
+            metrics.counter("xmpp.registrations.ok").inc()
+        else:
+            condition, text = stanza_error(iq)
+            metrics.counter(f"xmpp.registrations.failed.{condition}").inc()
+            if condition != "conflict":  # an existing account: log in to it all the same
+                why = f"{condition} ({text})" if text else condition
+                return self._fail_login(
+                    Reason.REGISTRATION, f"in-band registration of {self.username} refused: {why}"
+                )
+        assert features is not None
+        return self._sasl_features(features)
 
     def _tls_answer(self, answer: Element) -> None:
         if answer.tag == _TLS_FAILURE:
@@ -314,7 +356,7 @@ class LeanClient(ClientBase, asyncio.Protocol):
         if element.tag == _STREAM_ERROR:
             return self._on_stream_error(element)
         if element.tag == _IQ:
-            return self._answer_iq(element)
+            return self._route_iq(element)
         if self._state is State.LOGGING_IN:
             log.debug("%s: ignored during login: %r", self.jid, element)
         return None
@@ -384,53 +426,16 @@ class LeanClient(ClientBase, asyncio.Protocol):
 
     def _online(self, element: Element) -> None:
         tag = element.tag
-        if tag == _MESSAGE:
-            self._on_message(element)
-        elif tag == _PRESENCE:
-            if (
-                not self._echoed
-                and element.attrs.get("from") == self.bound_jid
-                and element.attrs.get("type") is None
-            ):
+        if tag == _PRESENCE and not self._echoed:
+            attrs = element.attrs
+            if attrs.get("from") == self.bound_jid and attrs.get("type") is None:
                 self._echoed = True
                 self._wake()
-        elif tag == _IQ:
-            self._answer_iq(element)
-        elif tag == _STREAM_ERROR:
+                return
+        if tag == _STREAM_ERROR:
             self._on_stream_error(element)
-
-    def _on_message(self, element: Element) -> None:
-        received_us = stamp.now_us()
-        attrs = element.attrs
-        if attrs.get("type") == "error":
-            metrics.counter("xmpp.messages.errors").inc()
-            return
-        body = ""
-        sent_us = None
-        delayed = False
-        for child in element.children:
-            tag = child.tag
-            if tag == _BODY:
-                body = child.text
-            elif tag == _STAMP:
-                sent_us = stamp.decode_value(child.attrs.get("us"))
-            elif tag == _DELAY:
-                delayed = True
-        self._deliver(attrs.get("from", ""), body, sent_us, received_us, delayed)
-
-    def _answer_iq(self, iq: Element) -> None:
-        kind = iq.get("type")
-        if kind not in ("get", "set"):
-            return
-        to = f" to={quoteattr(iq.get('from'))}" if iq.get("from") else ""
-        ident = quoteattr(iq.get("id"))
-        if kind == "get" and iq.find(_PING) is not None:
-            self._write(f"<iq type='result' id={ident}{to}/>".encode())
         else:
-            self._write(
-                f"<iq type='error' id={ident}{to}><error type='cancel'>"
-                f"<service-unavailable xmlns='{_STANZA_ERRORS}'/></error></iq>".encode()
-            )
+            self._route(element)
 
     def _on_stream_error(self, element: Element) -> None:
         self._stream_error_received(*_condition(element, _STREAM_ERRORS))
@@ -518,9 +523,18 @@ class LeanClient(ClientBase, asyncio.Protocol):
 
 
 async def connect(
-    user_id: int, config: Settings, username: str | None = None, password: str | None = None
+    user_id: int,
+    config: Settings,
+    username: str | None = None,
+    password: str | None = None,
+    register: bool = False,
 ) -> LeanClient:
-    """Log user `user_id` in with resolved settings; `LoginError` with a `reason` if not."""
+    """Log user `user_id` in with resolved settings; `LoginError` with a `reason` if not.
+
+    With `register`, the account is first registered in-band (XEP-0077) on the same
+    stream; an account that exists already (conflict) is counted and logged in to.
+    """
     client = LeanClient(user_id, config, username or naming.username(user_id, config))
+    client._register = register
     await client._open(naming.password(user_id, config) if password is None else password)
     return client

@@ -19,11 +19,13 @@ so no entity can be declared and expanded.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, NoReturn, Protocol
 from xml.parsers import expat
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 STREAMS_NS = "http://etherx.jabber.org/streams"
+XML_NS = "http://www.w3.org/XML/1998/namespace"
 # Tags are "namespace local" (expat's form with a space separator), interned once.
 STREAM_TAG = f"{STREAMS_NS} stream"
 
@@ -66,6 +68,73 @@ class Element:
         """The text of the first child with `tag`, or `default`."""
         child = self.find(tag)
         return default if child is None else child.text
+
+    def findall(self, tag: str) -> list[Element]:
+        """Every child with `tag`, in order."""
+        return [child for child in self.children if child.tag == tag]
+
+    def iter(self) -> Iterator[Element]:
+        """This element and all its descendants, depth first."""
+        yield self
+        for child in self.children:
+            yield from child.iter()
+
+    @property
+    def ns(self) -> str:
+        """The namespace of the tag."""
+        return self.tag.rpartition(" ")[0]
+
+    @property
+    def name(self) -> str:
+        """The local name of the tag."""
+        return self.tag.rpartition(" ")[2]
+
+    def to_xml(self, parent_ns: str = "jabber:client") -> str:
+        """The element as XML text (xmlns declared where it differs from the parent's)."""
+        ns, _, name = self.tag.rpartition(" ")
+        parts = [f"<{name}"]
+        if ns != parent_ns:
+            parts.append(f" xmlns={quoteattr(ns)}")
+        for key, value in self.attrs.items():
+            parts.append(f" {_attr_name(key)}={quoteattr(value)}")
+        if not self.children and not self.text:
+            parts.append("/>")
+            return "".join(parts)
+        parts.append(">")
+        if self.text:
+            parts.append(escape(self.text))
+        parts.extend(child.to_xml(ns) for child in self.children)
+        parts.append(f"</{name}>")
+        return "".join(parts)
+
+    def __str__(self) -> str:
+        return self.to_xml()
+
+
+def _attr_name(key: str) -> str:
+    """expat's "ns local" attribute names back to XML (only xml: is expected)."""
+    if " " not in key:
+        return key
+    ns, _, local = key.rpartition(" ")
+    return f"xml:{local}" if ns == XML_NS else local
+
+
+def from_etree(node: Any) -> Element:
+    """An `Element` from an xml.etree element (`{ns}tag` names), as slixmpp hands them."""
+    tag = node.tag
+    if tag.startswith("{"):
+        ns, _, local = tag[1:].partition("}")
+        tag = f"{ns} {local}"
+    attrs = {}
+    for key, value in node.attrib.items():
+        if key.startswith("{"):
+            ns, _, local = key[1:].partition("}")
+            key = f"{ns} {local}"
+        attrs[key] = value
+    element = Element(tag, attrs)
+    element.text = node.text or ""
+    element.children = [from_etree(child) for child in node]
+    return element
 
 
 class StreamHandler(Protocol):

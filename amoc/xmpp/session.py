@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
+from xml.etree import ElementTree as ET
 
 from amoc.config import Config, amoc_config
 from amoc.xmpp import client, lean, naming
+from amoc.xmpp.errors import NotSupported
 from amoc.xmpp.inbox import Message
+from amoc.xmpp.parser import Element
+from amoc.xmpp.pred import Pred
+from amoc.xmpp.router import Handler, HandlerRef
 from amoc.xmpp.settings import Settings, settings
+from amoc.xmpp.stanza import Iq
 
 
 class Session(Protocol):
@@ -50,6 +56,33 @@ class Session(Protocol):
 
     def take_messages(self) -> list[Message]:
         """Remove and return the unread messages, oldest first."""
+
+    def send(self, stanza: str | bytes | Element | ET.Element) -> None:
+        """Send any stanza (text from `amoc.xmpp.stanza`, bytes or an element)."""
+
+    async def wait_for(
+        self, predicate: Pred | Callable[[Element], bool], timeout_ms: float | None = None
+    ) -> Element:
+        """The next stanza matching `predicate`; ReceiveTimeout naming it."""
+
+    def add_handler(
+        self, predicate: Pred | Callable[[Element], bool], handler: Handler
+    ) -> HandlerRef:
+        """Call `handler(element)` for every matching stanza (True: handled, stop there)."""
+
+    def remove_handler(self, ref: HandlerRef) -> None:
+        """Stop calling a handler."""
+
+    def buffered(self) -> list[Element]:
+        """Received stanzas nothing has taken yet."""
+
+    async def iq(
+        self,
+        request: Iq | str | bytes | Element,
+        timeout_ms: float | None = None,
+        kind: str | None = None,
+    ) -> Element:
+        """Send an IQ request; its result, or IqError / ReceiveTimeout (timed per kind)."""
 
     async def stop(self) -> None:
         """Close the stream cleanly; safe to call twice."""
@@ -90,16 +123,23 @@ async def connect(
     username: str | None = None,
     password: str | None = None,
     config: Config | None = None,
+    register: bool = False,
     **overrides: Any,
 ) -> Session:
     """Log user `user_id` in (connect, SASL, bind) and return its online session.
 
     Settings come from amoc_config; `overrides` replace them by short name (`port=5223`,
-    `sasl="SCRAM-SHA-1"`, `client="lean"`). Raises `LoginError` with a `reason`.
+    `sasl="SCRAM-SHA-1"`, `client="lean"`). With `register`, the account is registered
+    in-band first (XEP-0077, lean client only). Raises `LoginError` with a `reason`.
     """
     s = _settings(config, overrides)
     if s.client == "lean":
-        return await lean.connect(user_id, s, username, password)
+        return await lean.connect(user_id, s, username, password, register)
+    if register:
+        raise NotSupported(
+            "in-band registration (connect(register=True)) needs the lean client: "
+            "set xmpp_client = 'lean'"
+        )
     slix = client.Client(user_id, s, username or naming.username(user_id, s))
     await slix._open(naming.password(user_id, s) if password is None else password)
     return slix

@@ -20,6 +20,7 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-1")
 # a tenth of its memory per user, two thirds of its CPU per message, a fifth of its CPU per
 # login, and twice its logins/s.
 CLIENTS = ("lean", "slixmpp")
+SUBSCRIPTION_POLICIES = ("accept", "refuse", "ignore")
 DEFAULT_CLIENT = "lean"
 
 
@@ -68,6 +69,13 @@ def _client(value: Any) -> str:
     return kind
 
 
+def _subscriptions(value: Any) -> str:
+    policy = _text(value).strip().lower()
+    if policy not in SUBSCRIPTION_POLICIES:
+        raise ValueError(f"must be one of {', '.join(SUBSCRIPTION_POLICIES)}")
+    return policy
+
+
 def _positive_ms(value: Any) -> float | int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected milliseconds as a number, got {type(value).__name__}")
@@ -90,6 +98,18 @@ PARAMETERS: list[Param] = [
     param("xmpp_reply_timeout", 5_000, "ms to wait for a presence echo", _positive_ms),
     param("xmpp_stop_timeout", 5_000, "ms allowed for a clean stream close", _positive_ms),
     param("xmpp_inbox_size", 100, "messages kept for wait_message (0: none)", non_negative_int),
+    param(
+        "xmpp_stanza_buffer",
+        32,
+        "received stanzas kept for a later wait_for when nothing took them (0: none)",
+        non_negative_int,
+    ),
+    param(
+        "xmpp_subscription_requests",
+        "accept",
+        "answer to presence subscription requests: accept, refuse or ignore",
+        _subscriptions,
+    ),
     param(
         "xmpp_client",
         DEFAULT_CLIENT,
@@ -118,6 +138,8 @@ class Settings:
     reply_timeout: float
     stop_timeout: float
     inbox_size: int
+    stanza_buffer: int = 32
+    subscription_requests: str = "accept"
     client: str = DEFAULT_CLIENT
 
 

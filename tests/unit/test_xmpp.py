@@ -12,6 +12,7 @@ from amoc.errors import AmocError, ConfigError
 from amoc.scenario import load
 from amoc.xmpp import stamp
 from amoc.xmpp.client import Client
+from amoc.xmpp.parser import from_etree
 
 pytestmark = pytest.mark.unit
 
@@ -145,6 +146,10 @@ def test_unstamped_message_reads_as_none() -> None:
 # -- receive path (no connection) -----------------------------------------------------------
 
 
+def _route(client: Client, stanza: "_Stanza") -> None:
+    client._route(from_etree(stanza.xml))
+
+
 class _Stanza:
     def __init__(self, text: str) -> None:
         self.xml = ET.fromstring(text)
@@ -162,10 +167,10 @@ def test_received_messages_are_counted_kept_and_timed() -> None:
     async def run() -> None:
         client = Client(1, defaults(), "user_1")
         sent = stamp.now_us() - 2000
-        client._on_message(_chat(sent, "a &lt; b"))
-        client._on_message(_chat(None, extra="<delay xmlns='urn:xmpp:delay' stamp='x'/>"))
-        client._on_message(
-            _Stanza("<message xmlns='jabber:client' type='error'><body>e</body></message>")
+        _route(client, _chat(sent, "a &lt; b"))
+        _route(client, _chat(None, extra="<delay xmlns='urn:xmpp:delay' stamp='x'/>"))
+        _route(
+            client, _Stanza("<message xmlns='jabber:client' type='error'><body>e</body></message>")
         )
         assert client.received == 2
         first = client.take_messages()[0]
@@ -185,7 +190,7 @@ def test_inbox_keeps_the_newest_messages() -> None:
     async def run() -> None:
         client = Client(1, defaults(xmpp_inbox_size="2"), "user_1")
         for body in ("1", "2", "3"):
-            client._on_message(_chat(stamp.now_us(), body))
+            _route(client, _chat(stamp.now_us(), body))
         assert [m.body for m in client.inbox()] == ["2", "3"]
         assert client.received == 3
 

@@ -352,8 +352,8 @@ def test_login_with_a_required_session_then_chat_ping_and_server_close() -> None
             + MESSAGE.replace(b"chat'>", b"chat'><delay xmlns='urn:xmpp:delay'/>")
         )
         sent = await read_until(reader, b"</message>")  # our answers, then the chat
-        assert b'<iq type=\'result\' id="p1" to="localhost"/>' in sent
-        assert b'id="v1" to="localhost"><error type=\'cancel\'><service-unavailable' in sent
+        assert b'<iq type="result" id="p1" to="localhost"/>' in sent
+        assert b'id="v1" to="localhost"><error type="cancel"><service-unavailable' in sent
         assert b'to="user_2@localhost/amoc"' in sent and b"urn:amoc:ttd" in sent
         writer.write(CLOSE)  # the server ends the session
         await read_until(reader, CLOSE)
