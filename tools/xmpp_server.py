@@ -1,18 +1,32 @@
 #!/usr/bin/env python3
-"""A local ejabberd for load tests: install, start, register users in bulk, status, stop.
+"""A local ejabberd or Prosody for load tests: install, start, register users in bulk, status,
+stop, remove.
 
-    tools/xmpp_server.py install                     # Debian's ejabberd, if missing
-    tools/xmpp_server.py start [--port 5222] [--http-port 5280] [--name amoc]
+    tools/xmpp_server.py install [--kind prosody]    # Debian's package, if missing
+    tools/xmpp_server.py start [--kind ejabberd|prosody] [--port 5222] [--http-port 5280]
+                               [--name amoc] [--tls [--tls-port 5223]] [--scram]
     tools/xmpp_server.py register --first 1 --last 10000
-    tools/xmpp_server.py status
-    tools/xmpp_server.py stop
+    tools/xmpp_server.py status | stop | remove
 
-Each instance (`--name`) has its own directory (config, database, logs, pid) and its own
-ports, all on 127.0.0.1: the c2s listener, mod_http_api (used to register users, thousands
-per second over keep-alive connections) and the Erlang distribution port (no epmd). Its
-config is ours, made for load: no shaper, no STARTTLS, large queues, warnings-only logs.
-As root it runs as the `ejabberd` user through setpriv, which keeps the high open-file
-limit that `su` (used by ejabberdctl) would reset to 1024.
+Each instance (`--name`) has its own directory (config, database, logs, pid, certificate)
+and its own ports, all on 127.0.0.1; its kind and flags are saved there, so that the later
+verbs (and a `start` without flags after `stop`) know them. The config is ours, made for
+load: no shaper or rate limit, large queues, warnings-only logs; and the features that load
+tests exercise: MUC on conference.DOMAIN (instant rooms), PubSub on pubsub.DOMAIN (any local
+user creates nodes), PEP, MAM (every message archived), stream management, ping, roster
+versioning, offline messages, carbons, open in-band registration, WebSocket and BOSH.
+
+- ejabberd: c2s, an HTTP listener (mod_http_api to register users, thousands per second
+  over keep-alive connections; /ws WebSocket; /bosh BOSH) and the Erlang distribution port
+  (no epmd). As root it runs as the `ejabberd` user through setpriv, which keeps the high
+  open-file limit that `su` (used by ejabberdctl) would reset to 1024.
+- prosody: `prosody --config OWN.cfg.lua -F` (never the system service); the HTTP port
+  carries /xmpp-websocket and /http-bind. Users are registered by writing account files into
+  its data directory (it reads them at login: no restart).
+
+--tls makes a self-signed certificate for the domain (kept in the instance directory) and
+requires STARTTLS on c2s; --tls-port adds a direct-TLS (XEP-0368) listener. --scram stores
+SCRAM-SHA-1 hashes instead of plain passwords (PLAIN and SCRAM-SHA-1 logins work either way).
 
 Standard library only: it runs before the project's virtual environment exists.
 """
@@ -21,11 +35,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import glob
+import hashlib
+import hmac
 import http.client
 import json
 import os
 import pwd
+import re
 import resource
 import shutil
 import signal
@@ -34,14 +52,22 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ERL = "/usr/bin/erl"
+PROSODY = "/usr/bin/prosody"
+KINDS = ("ejabberd", "prosody")
+PACKAGES = {"ejabberd": ["ejabberd"], "prosody": ["prosody"]}
 OPEN_FILES = 1_048_576
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+# SCRAM iterations of the accounts we write: cheap logins (Prosody's default is 10 000,
+# 3.3 ms of client CPU each in C); ejabberd uses 4096 too.
+SCRAM_ITERATIONS = 4096
 
 
 class ServerError(Exception):
@@ -50,7 +76,7 @@ class ServerError(Exception):
 
 @dataclass
 class Instance:
-    """One ejabberd of ours: where it lives and how to reach it."""
+    """One server of ours: what it is, where it lives and how to reach it."""
 
     name: str
     dir: str
@@ -60,10 +86,23 @@ class Instance:
     dist_port: int
     domain: str
     pid: int | None = None
+    kind: str = "ejabberd"
+    tls: bool = False  # STARTTLS required on c2s
+    scram: bool = False  # SCRAM hashes stored, not plain passwords
+    tls_port: int = 0  # direct TLS (XEP-0368) listener, 0: none
+    cert: str = ""  # the self-signed certificate (PEM) clients verify with, if any
 
     @property
     def path(self) -> Path:
         return Path(self.dir)
+
+    @property
+    def muc_domain(self) -> str:
+        return f"conference.{self.domain}"
+
+    @property
+    def pubsub_domain(self) -> str:
+        return f"pubsub.{self.domain}"
 
     def save(self) -> None:
         (self.path / "instance.json").write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -88,11 +127,12 @@ def instance_dir(name: str, base: str | None) -> Path:
 
 
 def load(name: str, base: str | None) -> Instance | None:
-    """The saved instance called `name`, if any."""
+    """The saved instance called `name`, if any (files of older versions load too)."""
     state = instance_dir(name, base) / "instance.json"
     if not state.is_file():
         return None
-    return Instance(**json.loads(state.read_text()))
+    known = {f.name for f in dataclasses.fields(Instance)}
+    return Instance(**{k: v for k, v in json.loads(state.read_text()).items() if k in known})
 
 
 # -- install --------------------------------------------------------------------------------
@@ -106,14 +146,26 @@ def ejabberd_libs() -> str:
     return str(Path(found[-1]).parents[1])
 
 
-def install() -> None:
-    """Install Debian's ejabberd unless it is there; keep its system service stopped."""
+def prosody_bin() -> str:
+    """Debian's prosody executable."""
+    if not os.path.exists(PROSODY):
+        raise ServerError(
+            "prosody is not installed: run `tools/xmpp_server.py install --kind prosody`"
+        )
+    return PROSODY
+
+
+INSTALLED = {"ejabberd": ejabberd_libs, "prosody": prosody_bin}
+
+
+def install(kind: str) -> None:
+    """Install Debian's package for `kind` unless it is there; keep its system service stopped."""
     with contextlib.suppress(ServerError):
-        ejabberd_libs()
-        print("ejabberd is installed")
+        INSTALLED[kind]()
+        print(f"{kind} is installed")
         return
     if os.geteuid() != 0:
-        raise ServerError("installing ejabberd needs root (apt-get install ejabberd)")
+        raise ServerError(f"installing {kind} needs root (apt-get install {kind})")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     # policy-rc.d 101: the package must not start its own server on 0.0.0.0:5222.
     policy = Path("/usr/sbin/policy-rc.d")
@@ -124,7 +176,7 @@ def install() -> None:
     try:
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "ejabberd"],
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES[kind]],
             check=True,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -132,84 +184,11 @@ def install() -> None:
     finally:
         if made_policy:
             policy.unlink()
-    ejabberd_libs()
-    print("ejabberd installed")
+    INSTALLED[kind]()
+    print(f"{kind} installed")
 
 
-# -- config ---------------------------------------------------------------------------------
-
-CONFIG = """\
-# Written by tools/xmpp_server.py for load tests; do not edit (it is rewritten at start).
-hosts:
-  - "{domain}"
-loglevel: warning
-hide_sensitive_log_data: true
-certfiles: []
-define_macro:
-  LOOPBACK: {{ip: ["127.0.0.0/8", "::1/128"]}}
-listen:
-  - port: {port}
-    ip: "{host}"
-    module: ejabberd_c2s
-    starttls: false
-    shaper: none
-    access: c2s
-    max_stanza_size: 262144
-    max_fsm_queue: 1000000
-    backlog: 8192
-  - port: {http_port}
-    ip: "127.0.0.1"
-    module: ejabberd_http
-    request_handlers:
-      /api: mod_http_api
-acl:
-  loopback:
-    ip:
-      - 127.0.0.0/8
-      - ::1/128
-access_rules:
-  local:
-    allow: all
-  c2s:
-    allow: all
-  register:
-    allow: all
-api_permissions:
-  "amoc on loopback":
-    who:
-      ip: 127.0.0.0/8
-    what:
-      - register
-      - unregister
-      - registered_users
-      - connected_users_number
-      - status
-  "console commands":
-    from:
-      - ejabberd_ctl
-    who: all
-    what: "*"
-shaper_rules:
-  max_user_sessions: 10
-  max_user_offline_messages: 10000
-  c2s_shaper: none
-  s2s_shaper: none
-auth_method: internal
-auth_password_format: plain
-cache_size: 1000000
-registration_timeout: infinity
-s2s_access: none
-modules:
-  mod_disco: {{}}
-  mod_ping: {{}}
-  mod_roster:
-    versioning: true
-  mod_http_api: {{}}
-  mod_offline:
-    access_max_user_messages: max_user_offline_messages
-  mod_register:
-    ip_access: all
-"""
+# -- small helpers --------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -239,9 +218,11 @@ def alive(pid: int | None) -> bool:
         return False
 
 
-def _owner() -> tuple[int, int] | None:
-    """(uid, gid) of the `ejabberd` user when we are root, else None (run as ourselves)."""
-    if os.geteuid() != 0:
+def _owner(kind: str) -> tuple[int, int] | None:
+    """(uid, gid) that ejabberd runs as when we are root, else None (run as ourselves).
+
+    Prosody runs as whoever starts it (`run_as_root` when that is root)."""
+    if os.geteuid() != 0 or kind != "ejabberd":
         return None
     try:
         entry = pwd.getpwnam("ejabberd")
@@ -258,34 +239,210 @@ def _chown_tree(path: Path, owner: tuple[int, int] | None) -> None:
             os.chown(entry, *owner)
 
 
-# -- start / stop ---------------------------------------------------------------------------
+def _raise_open_files() -> None:
+    """In the child before exec: the highest open-file limit we may have (ulimit -n)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for want in (OPEN_FILES, hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+            return
 
 
-def start(inst: Instance) -> Instance:
-    """Start the instance unless it runs; wait until its ports answer."""
-    saved = load(inst.name, str(inst.path.parent))
-    if saved is not None and alive(saved.pid):
-        if (saved.host, saved.port) == (inst.host, inst.port):
-            print(f"ejabberd {saved.name!r} already runs (pid {saved.pid}) on port {saved.port}")
-            return saved
-        raise ServerError(
-            f"ejabberd {saved.name!r} already runs (pid {saved.pid}) on port {saved.port}; "
-            "stop it first"
-        )
+def certificate(inst: Instance) -> Path:
+    """A self-signed certificate (CN and SAN DNS:domain) and its key in tls/, made once."""
+    tls = inst.path / "tls"
+    cert, key = tls / "cert.pem", tls / "key.pem"
+    if cert.is_file() and key.is_file():
+        check = subprocess.run(
+            ["openssl", "x509", "-in", str(cert), "-noout", "-checkend", "86400",
+             "-checkhost", inst.domain],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if check.returncode == 0 and "does match" in check.stdout:
+            return cert
+    tls.mkdir(parents=True, exist_ok=True)
+    names = ",".join(f"DNS:{d}" for d in (inst.domain, inst.muc_domain, inst.pubsub_domain))
+    # EC P-256: a handshake costs the server a fraction of RSA's, which matters at load.
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "3650", "-subj", f"/CN={inst.domain}",
+         "-addext", f"subjectAltName={names}",
+         "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise ServerError(f"openssl could not make a certificate: {made.stderr.strip()}")
+    key.chmod(0o600)
+    cert.chmod(0o644)
+    return cert
+
+
+@dataclass
+class Launch:
+    """How to run a server whose config is written: its command line and environment."""
+
+    argv: list[str]
+    env: dict[str, str]
+    owner: tuple[int, int] | None = None
+
+
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+}
+
+
+# -- ejabberd -------------------------------------------------------------------------------
+
+EJABBERD_CONFIG = """\
+# Written by tools/xmpp_server.py for load tests; do not edit (it is rewritten at start).
+hosts:
+  - "{domain}"
+loglevel: warning
+hide_sensitive_log_data: true
+certfiles: {certfiles}
+define_macro:
+  LOOPBACK: {{ip: ["127.0.0.0/8", "::1/128"]}}
+listen:
+  - port: {port}
+    ip: "{host}"
+    module: ejabberd_c2s
+    starttls: {starttls}
+    starttls_required: {starttls}
+    shaper: none
+    access: c2s
+    max_stanza_size: 262144
+    max_fsm_queue: 1000000
+    backlog: 8192
+{direct_tls}\
+  - port: {http_port}
+    ip: "127.0.0.1"
+    module: ejabberd_http
+    backlog: 1024
+    request_handlers:
+      /api: mod_http_api
+      /ws: ejabberd_http_ws
+      /bosh: mod_bosh
+acl:
+  local:
+    user_regexp: ""
+  loopback:
+    ip:
+      - 127.0.0.0/8
+      - ::1/128
+access_rules:
+  local:
+    allow: all
+  c2s:
+    allow: all
+  register:
+    allow: all
+  muc:
+    allow: all
+  muc_create:
+    allow: local
+  pubsub_createnode:
+    allow: local
+api_permissions:
+  "amoc on loopback":
+    who:
+      ip: 127.0.0.0/8
+    what:
+      - register
+      - unregister
+      - registered_users
+      - connected_users_number
+      - status
+  "console commands":
+    from:
+      - ejabberd_ctl
+    who: all
+    what: "*"
+shaper_rules:
+  max_user_sessions: 10
+  max_user_offline_messages: 10000
+  c2s_shaper: none
+  s2s_shaper: none
+auth_method: internal
+auth_password_format: {password_format}
+auth_scram_hash: sha
+cache_size: 1000000
+registration_timeout: infinity
+s2s_access: none
+modules:
+  mod_disco: {{}}
+  mod_caps: {{}}
+  mod_ping: {{}}
+  mod_roster:
+    versioning: true
+  mod_http_api: {{}}
+  mod_offline:
+    access_max_user_messages: max_user_offline_messages
+  mod_register:
+    ip_access: all
+    access: register
+  mod_stream_mgmt:
+    resend_on_timeout: if_offline
+  mod_carboncopy: {{}}
+  mod_mam:
+    db_type: mnesia
+    default: always
+  mod_muc:
+    host: "conference.@HOST@"
+    access: muc
+    access_create: muc_create
+    access_persistent: muc_create
+    history_size: 50
+    max_users: 1000
+    max_users_presence: 1000
+  mod_pubsub:
+    host: "pubsub.@HOST@"
+    access_createnode: pubsub_createnode
+    ignore_pep_from_offline: true
+    last_item_cache: false
+    max_items_node: 1000
+    plugins:
+      - flat
+      - pep
+  mod_bosh: {{}}
+"""
+
+EJABBERD_DIRECT_TLS = """\
+  - port: {tls_port}
+    ip: "{host}"
+    module: ejabberd_c2s
+    tls: true
+    shaper: none
+    access: c2s
+    max_stanza_size: 262144
+    max_fsm_queue: 1000000
+    backlog: 8192
+"""
+
+
+def ejabberd_launch(inst: Instance) -> Launch:
+    """Write ejabberd.yml; the Erlang VM's command line (as `ejabberd` when we are root)."""
     libs = ejabberd_libs()
-    ports = (("--port", inst.host, inst.port), ("--http-port", "127.0.0.1", inst.http_port))
-    for what, host, port in ports:
-        if port_open(host, port):
-            raise ServerError(f"{host}:{port} ({what}) is already in use by another program")
     inst.dist_port = inst.dist_port or free_port()
     path = inst.path
-    for sub in ("db", "log"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
+    (path / "db").mkdir(exist_ok=True)
+    certfiles = "[]"
+    if inst.cert:
+        certfiles = json.dumps([inst.cert, str(Path(inst.cert).with_name("key.pem"))])
+    direct = EJABBERD_DIRECT_TLS.format(tls_port=inst.tls_port, host=inst.host)
     (path / "ejabberd.yml").write_text(
-        CONFIG.format(domain=inst.domain, host=inst.host, port=inst.port, http_port=inst.http_port)
+        EJABBERD_CONFIG.format(
+            domain=inst.domain,
+            host=inst.host,
+            port=inst.port,
+            http_port=inst.http_port,
+            certfiles=certfiles,
+            starttls=str(inst.tls).lower(),
+            direct_tls=direct if inst.tls_port else "",
+            password_format="scram" if inst.scram else "plain",
+        )
     )
-    owner = _owner()
-    _chown_tree(path, owner)
+    owner = _owner("ejabberd")
     node = f"amoc_{inst.name}@127.0.0.1"
     cookie = os.urandom(12).hex()
     argv = [
@@ -300,9 +457,8 @@ def start(inst: Instance) -> Instance:
     if owner is not None:
         argv = ["setpriv", f"--reuid={owner[0]}", f"--regid={owner[1]}", "--init-groups", *argv]
     env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        **BASE_ENV,
         "HOME": str(path),
-        "LANG": "C.UTF-8",
         "ERL_LIBS": libs,
         "EJABBERD_CONFIG_PATH": str(path / "ejabberd.yml"),
         "EJABBERD_LOG_PATH": str(path / "log" / "ejabberd.log"),
@@ -311,79 +467,21 @@ def start(inst: Instance) -> Instance:
         "ERL_MAX_ETS_TABLES": "20000",
         "ERL_CRASH_DUMP": str(path / "log" / "erl_crash.dump"),
     }
-
-    def raise_limits() -> None:
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        for want in (OPEN_FILES, hard):
-            with contextlib.suppress(ValueError, OSError):
-                resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
-                return
-
-    console = open(path / "log" / "console.log", "ab")  # noqa: SIM115 - the child keeps it
-    proc = subprocess.Popen(
-        argv,
-        cwd=path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=console,
-        stderr=subprocess.STDOUT,
-        preexec_fn=raise_limits,
-        start_new_session=True,
-    )
-    console.close()
-    inst.pid = proc.pid
-    inst.save()
-    deadline = time.monotonic() + START_TIMEOUT
-    while not (port_open(inst.host, inst.port) and api_ready(inst)):
-        if proc.poll() is not None:
-            raise ServerError(
-                f"ejabberd exited with code {proc.returncode} while starting; "
-                f"see {path / 'log' / 'console.log'} and {path / 'log' / 'ejabberd.log'}"
-            )
-        if time.monotonic() > deadline:
-            stop(inst)
-            raise ServerError(
-                f"ejabberd did not answer on {inst.host}:{inst.port} within {START_TIMEOUT:.0f} s;"
-                f" see {path / 'log'}"
-            )
-        time.sleep(0.2)
-    print(
-        f"ejabberd {inst.name!r} runs (pid {inst.pid}): xmpp {inst.host}:{inst.port}, "
-        f"domain {inst.domain}, api 127.0.0.1:{inst.http_port}, files in {path}"
-    )
-    return inst
+    return Launch(argv, env, owner)
 
 
-def stop(inst: Instance) -> None:
-    """Stop the instance by its pid: SIGTERM (a clean shutdown), SIGKILL after a deadline."""
-    if not alive(inst.pid):
-        print(f"ejabberd {inst.name!r} is not running")
-        return
-    assert inst.pid is not None
-    os.kill(inst.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while alive(inst.pid):
-        if time.monotonic() > deadline:
-            os.kill(inst.pid, signal.SIGKILL)
-        time.sleep(0.1)
-    # The VM's helper (erl_child_setup) belongs to its session: make sure none is left.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(inst.pid, signal.SIGKILL)
-    print(f"ejabberd {inst.name!r} stopped")
+def ejabberd_ready(inst: Instance) -> bool:
+    """Whether c2s accepts and mod_http_api answers."""
+    return port_open(inst.host, inst.port) and api_ready(inst)
 
 
-def status(inst: Instance) -> bool:
-    """Print and return whether the instance runs and answers."""
-    running = alive(inst.pid)
-    answering = running and port_open(inst.host, inst.port)
-    users = api_call(inst, "connected_users_number", {}) if answering else None
-    state = "answering" if answering else ("running, not answering" if running else "stopped")
-    print(
-        f"ejabberd {inst.name!r}: {state}; pid {inst.pid}; xmpp {inst.host}:{inst.port}; "
-        f"domain {inst.domain}; api 127.0.0.1:{inst.http_port}"
-        + (f"; {users.get('num_sessions', users)} sessions" if isinstance(users, dict) else "")
-    )
-    return bool(answering)
+def ejabberd_sessions(inst: Instance) -> int | None:
+    """How many c2s sessions ejabberd has (None if it does not say)."""
+    try:
+        users = api_call(inst, "connected_users_number", {})
+    except (OSError, ServerError):
+        return None
+    return users.get("num_sessions") if isinstance(users, dict) else None
 
 
 # -- mod_http_api ---------------------------------------------------------------------------
@@ -417,45 +515,421 @@ def _post(conn: http.client.HTTPConnection, command: str, body: dict[str, object
     return json.loads(text) if text else None
 
 
-def register(inst: Instance, first: int, last: int, user: str, password: str) -> int:
-    """Register users first..last (existing ones are kept); return how many were new."""
-    if first < 1 or last < first:
-        raise ServerError(f"--first {first} --last {last}: need 1 <= first <= last")
-    existing = set(api_call(inst, "registered_users", {"host": inst.domain}) or [])  # type: ignore[arg-type]
-    todo = [i for i in range(first, last + 1) if f"{user}{i}" not in existing]
+def _in_threads(todo: list[int], work: Callable[[], Callable[[int], None]], n: int) -> None:
+    """Run work()'s function on every item of `todo` from `n` threads; raise the first error."""
     errors: list[str] = []
     lock = threading.Lock()
     position = iter(todo)
 
     def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", inst.http_port, timeout=30)
         try:
+            one = work()
             while True:
                 with lock:
                     i = next(position, None)
                 if i is None or errors:
                     return
-                body = {"user": f"{user}{i}", "host": inst.domain, "password": f"{password}{i}"}
-                try:
-                    _post(conn, "register", body)
-                except (OSError, http.client.HTTPException):
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", inst.http_port, timeout=30)
-                    _post(conn, "register", body)
+                one(i)
         except (OSError, ServerError, http.client.HTTPException) as exc:
             with lock:
                 errors.append(str(exc))
-        finally:
-            conn.close()
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(min(8, max(1, len(todo))))]
+    threads = [threading.Thread(target=worker) for _ in range(min(n, max(1, len(todo))))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
         raise ServerError(f"registering users failed: {errors[0]}")
+
+
+def ejabberd_register(inst: Instance, ids: range, user: str, password: str) -> list[int]:
+    """Register the users of `ids` that do not exist over mod_http_api; the ids done."""
+    existing = set(api_call(inst, "registered_users", {"host": inst.domain}) or [])  # type: ignore[arg-type]
+    todo = [i for i in ids if f"{user}{i}" not in existing]
+
+    def work() -> Callable[[int], None]:
+        conn = [http.client.HTTPConnection("127.0.0.1", inst.http_port, timeout=30)]
+
+        def one(i: int) -> None:
+            body = {"user": f"{user}{i}", "host": inst.domain, "password": f"{password}{i}"}
+            try:
+                _post(conn[0], "register", body)
+            except (OSError, http.client.HTTPException):
+                conn[0].close()
+                conn[0] = http.client.HTTPConnection("127.0.0.1", inst.http_port, timeout=30)
+                _post(conn[0], "register", body)
+
+        return one
+
+    _in_threads(todo, work, 8)
+    return todo
+
+
+# -- prosody --------------------------------------------------------------------------------
+
+PROSODY_CONFIG = """\
+-- Written by tools/xmpp_server.py for load tests; do not edit (it is rewritten at start).
+-- A private instance: own files, loopback only, never the system service.
+run_as_root = {run_as_root}
+pidfile = {pidfile}
+data_path = {data}
+admin_socket = {admin_socket}
+plugin_paths = {{ {plugins} }}
+log = {{ warn = {log} }}
+certificates = {certs}
+-- Load: a deep accept queue (the default is 128); no Nagle delay on replies.
+network_settings = {{ tcp_backlog = 8192; nagle = false }}
+
+interfaces = {{ "127.0.0.1" }}
+local_interfaces = {{ "127.0.0.1" }}
+c2s_interfaces = {{ {host} }}
+c2s_ports = {{ {port} }}
+c2s_direct_tls_interfaces = {{ {host} }}
+c2s_direct_tls_ports = {{ {tls_ports} }}
+http_interfaces = {{ "127.0.0.1" }}
+http_ports = {{ {http_port} }}
+legacy_ssl_ports = {{ }}
+https_ports = {{ }}
+s2s_ports = {{ }}
+s2s_direct_tls_ports = {{ }}
+component_ports = {{ }}
+proxy65_ports = {{ }}
+modules_disabled = {{ "s2s" }}
+
+modules_enabled = {{
+    "roster"; "saslauth"; "tls"; "disco"; "ping"; "carbons"; "pep"; "private";
+    "mam"; "smacks"; "register"; "offline"; "limits"; "websocket"; "bosh";
+    "time"; "version"; "uptime"; "admin_shell";
+}}
+-- Load: Debian's default shapes each connection to 10 KiB/s.
+limits = {{ c2s = {{ rate = "100mb/s"; burst = "10s" }} }}
+
+authentication = {authentication}
+default_iteration_count = {iterations}
+c2s_require_encryption = {require_tls}
+allow_unencrypted_plain_auth = {plain_ok}
+{ssl}
+-- In-band registration, open; loopback is on the allowlist, so never throttled.
+allow_registration = true
+registration_allowlist = {{ "127.0.0.1", "::1" }}
+
+-- MAM: every message archived, kept.
+default_archive_policy = true
+archive_expires_after = "never"
+
+consider_websocket_secure = true
+consider_bosh_secure = true
+http_default_host = {domain}
+
+VirtualHost {domain}
+
+Component {muc_domain} "muc"
+    muc_room_locking = false
+    muc_room_default_history_length = 50
+    max_history_messages = 100
+    muc_room_cache_size = 10000
+
+Component {pubsub_domain} "pubsub"
+    -- Only admins create nodes: every user of {domain} is one here (plugins/).
+    authorization = "amoc_local_users"
+    amoc_users_domain = {domain}
+    pubsub_max_items = 1000
+"""
+
+# An authorization provider for the pubsub component: every user of the main domain is an
+# admin of it, so may create nodes (mod_pubsub 0.12 lets only admins create them).
+PROSODY_AUTHZ = """\
+-- Written by tools/xmpp_server.py: every user of amoc_users_domain is an admin here.
+local jid_split = require "util.jid".split;
+local domain = module:get_option_string("amoc_users_domain");
+local admin_role = { ["prosody:admin"] = true };
+
+function get_user_roles(user) return nil; end -- luacheck: ignore 212
+function set_user_roles() return false; end
+function get_users_with_role() return {}; end
+function get_jid_roles(jid)
+	local _, host = jid_split(jid);
+	if host == domain then return admin_role; end
+end
+function set_jid_roles() return false; end
+function get_jids_with_role() return {}; end
+"""
+
+
+def lua_str(text: str) -> str:
+    """A Lua string literal for `text` (printable ASCII kept, everything else as \\ddd)."""
+    out = []
+    for byte in text.encode():
+        char = chr(byte)
+        if 32 <= byte < 127 and char not in '"\\':
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03d}")
+    return '"' + "".join(out) + '"'
+
+
+def prosody_launch(inst: Instance) -> Launch:
+    """Write prosody.cfg.lua (and our plugin); Prosody's command line, in the foreground."""
+    binary = prosody_bin()
+    path = inst.path
+    for sub in ("data", "plugins", "tls"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    (path / "plugins" / "mod_authz_amoc_local_users.lua").write_text(PROSODY_AUTHZ)
+    ssl = ""
+    if inst.cert:
+        key = Path(inst.cert).with_name("key.pem")
+        ssl = f"ssl = {{ certificate = {lua_str(inst.cert)}; key = {lua_str(str(key))} }}\n"
+    q = lua_str
+    (path / "prosody.cfg.lua").write_text(
+        PROSODY_CONFIG.format(
+            run_as_root=str(os.geteuid() == 0).lower(),
+            pidfile=q(str(path / "prosody.pid")),
+            data=q(str(path / "data")),
+            admin_socket=q(str(path / "prosody.sock")),
+            plugins=q(str(path / "plugins")),
+            log=q(str(path / "log" / "prosody.log")),
+            certs=q(str(path / "tls")),
+            host=q(inst.host),
+            port=inst.port,
+            tls_ports=inst.tls_port or "",
+            http_port=inst.http_port,
+            authentication=q("internal_hashed" if inst.scram else "internal_plain"),
+            iterations=SCRAM_ITERATIONS,
+            require_tls=str(inst.tls).lower(),
+            plain_ok=str(not inst.tls).lower(),
+            ssl=ssl,
+            domain=q(inst.domain),
+            muc_domain=q(inst.muc_domain),
+            pubsub_domain=q(inst.pubsub_domain),
+        )
+    )
+    argv = [binary, "--config", str(path / "prosody.cfg.lua"), "-F"]
+    return Launch(argv, {**BASE_ENV, "HOME": str(path)})
+
+
+def prosody_ready(inst: Instance) -> bool:
+    """Whether c2s and the HTTP port accept connections."""
+    return port_open(inst.host, inst.port) and port_open("127.0.0.1", inst.http_port)
+
+
+def prosody_sessions(inst: Instance) -> int | None:
+    """How many c2s connections Prosody has, asked over its admin socket (None if unknown)."""
+    query = (
+        "<stream:stream xmlns='xmpp:prosody.im/admin' "
+        "xmlns:stream='http://etherx.jabber.org/streams'>"
+        "<repl-input>c2s:count()</repl-input>"
+    )
+    answer = b""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(3)
+            sock.connect(str(inst.path / "prosody.sock"))
+            sock.sendall(query.encode())
+            while b"</repl-result>" not in answer:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+    except OSError:
+        return None
+    found = re.search(rb"Total: (\d+) clients", answer)
+    return int(found.group(1)) if found else None
+
+
+def _escape_node(text: str) -> str:
+    """Prosody's file name encoding (util.datamanager): every non-alphanumeric as %xx."""
+    return "".join(chr(b) if chr(b).isalnum() and b < 128 else f"%{b:02x}" for b in text.encode())
+
+
+def scram_sha1(password: str, salt: str, iterations: int) -> tuple[str, str]:
+    """(stored_key, server_key) in hex, as Prosody's internal_hashed keeps them."""
+    salted = hashlib.pbkdf2_hmac("sha1", password.encode(), salt.encode(), iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha1")
+    server_key = hmac.digest(salted, b"Server Key", "sha1")
+    return hashlib.sha1(client_key).hexdigest(), server_key.hex()
+
+
+def prosody_account(password: str, scram: bool) -> str:
+    """An accounts/<user>.dat file: a plaintext password, or SCRAM-SHA-1 keys."""
+    if not scram:
+        return f'return {{\n\t["password"] = {lua_str(password)};\n}};\n'
+    salt = str(uuid.uuid4())
+    stored, server = scram_sha1(password, salt, SCRAM_ITERATIONS)
+    return (
+        "return {\n"
+        f'\t["iteration_count"] = {SCRAM_ITERATIONS};\n'
+        f'\t["salt"] = {lua_str(salt)};\n'
+        f'\t["server_key"] = {lua_str(server)};\n'
+        f'\t["stored_key"] = {lua_str(stored)};\n'
+        "};\n"
+    )
+
+
+def prosody_register(inst: Instance, ids: range, user: str, password: str) -> list[int]:
+    """Write account files for the users of `ids` that have none; the ids done.
+
+    Prosody reads an account's file at each login, so a running server sees them at once."""
+    accounts = inst.path / "data" / _escape_node(inst.domain) / "accounts"
+    accounts.mkdir(parents=True, exist_ok=True)
+    have = {p.name for p in accounts.iterdir()}
+    todo = [i for i in ids if f"{_escape_node(f'{user}{i}')}.dat" not in have]
+
+    def work() -> Callable[[int], None]:
+        def one(i: int) -> None:
+            final = accounts / f"{_escape_node(f'{user}{i}')}.dat"
+            part = final.with_suffix(".tmp")  # a half-written account is never read
+            part.write_text(prosody_account(f"{password}{i}", inst.scram))
+            part.replace(final)
+
+        return one
+
+    # hashlib's PBKDF2 lets go of the GIL: hashing spreads over the cores.
+    _in_threads(todo, work, (os.cpu_count() or 1) if inst.scram else 1)
+    return todo
+
+
+# -- start / stop / status, for both kinds --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What differs between the servers: config and command line, readiness, users."""
+
+    launch: Callable[[Instance], Launch]
+    ready: Callable[[Instance], bool]
+    sessions: Callable[[Instance], int | None]
+    register: Callable[[Instance, range, str, str], list[int]]
+    logs: tuple[str, ...]
+
+
+SERVERS = {
+    "ejabberd": Kind(ejabberd_launch, ejabberd_ready, ejabberd_sessions, ejabberd_register,
+                     ("console.log", "ejabberd.log")),
+    "prosody": Kind(prosody_launch, prosody_ready, prosody_sessions, prosody_register,
+                    ("console.log", "prosody.log")),
+}  # fmt: skip
+
+
+def _addresses(inst: Instance) -> Iterator[tuple[str, str, int]]:
+    """(flag, host, port) of every listener."""
+    yield "--port", inst.host, inst.port
+    yield "--http-port", "127.0.0.1", inst.http_port
+    if inst.tls_port:
+        yield "--tls-port", inst.host, inst.tls_port
+
+
+def describe(inst: Instance) -> str:
+    """Where the instance listens and what it requires, in one line."""
+    http = "api, /ws, /bosh" if inst.kind == "ejabberd" else "/xmpp-websocket, /http-bind"
+    parts = [
+        f"xmpp {inst.host}:{inst.port}" + (" (STARTTLS required)" if inst.tls else ""),
+        f"domain {inst.domain}",
+        f"http 127.0.0.1:{inst.http_port} ({http})",
+    ]
+    if inst.tls_port:
+        parts.append(f"direct TLS {inst.host}:{inst.tls_port}")
+    parts.append("scram storage" if inst.scram else "plain storage")
+    if inst.cert:
+        parts.append(f"certificate {inst.cert}")
+    return "; ".join(parts)
+
+
+def start(inst: Instance) -> Instance:
+    """Start the instance unless it runs; wait until its ports answer."""
+    saved = load(inst.name, str(inst.path.parent))
+    if saved is not None and alive(saved.pid):
+        same = (saved.kind, saved.host, saved.port, saved.tls, saved.scram, saved.tls_port)
+        if same == (inst.kind, inst.host, inst.port, inst.tls, inst.scram, inst.tls_port):
+            print(f"{saved.kind} {saved.name!r} already runs (pid {saved.pid}): {describe(saved)}")
+            return saved
+        raise ServerError(
+            f"{saved.kind} {saved.name!r} already runs (pid {saved.pid}) on port {saved.port}"
+            " with other settings; stop it first"
+        )
+    kind = SERVERS[inst.kind]
+    for flag, host, port in _addresses(inst):
+        if port_open(host, port):
+            raise ServerError(f"{host}:{port} ({flag}) is already in use by another program")
+    path = inst.path
+    (path / "log").mkdir(parents=True, exist_ok=True)
+    inst.cert = str(certificate(inst)) if inst.tls or inst.tls_port else ""
+    began = time.monotonic()
+    launch = kind.launch(inst)
+    _chown_tree(path, launch.owner)
+    console = open(path / "log" / "console.log", "ab")  # noqa: SIM115 - the child keeps it
+    proc = subprocess.Popen(
+        launch.argv,
+        cwd=path,
+        env=launch.env,
+        stdin=subprocess.DEVNULL,
+        stdout=console,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_raise_open_files,
+        start_new_session=True,
+    )
+    console.close()
+    inst.pid = proc.pid
+    inst.save()
+    logs = " and ".join(str(path / "log" / name) for name in kind.logs)
+    deadline = began + START_TIMEOUT
+    while not kind.ready(inst):
+        if proc.poll() is not None:
+            raise ServerError(
+                f"{inst.kind} exited with code {proc.returncode} while starting; see {logs}"
+            )
+        if time.monotonic() > deadline:
+            stop(inst)
+            raise ServerError(
+                f"{inst.kind} did not answer on {inst.host}:{inst.port} within "
+                f"{START_TIMEOUT:.0f} s; see {logs}"
+            )
+        time.sleep(0.1)
+    print(
+        f"{inst.kind} {inst.name!r} runs (pid {inst.pid}, up in "
+        f"{time.monotonic() - began:.1f} s): {describe(inst)}; files in {path}"
+    )
+    return inst
+
+
+def stop(inst: Instance) -> None:
+    """Stop the instance by its pid: SIGTERM (a clean shutdown), SIGKILL after a deadline."""
+    if not alive(inst.pid):
+        print(f"{inst.kind} {inst.name!r} is not running")
+        return
+    assert inst.pid is not None
+    os.kill(inst.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while alive(inst.pid):
+        if time.monotonic() > deadline:
+            os.kill(inst.pid, signal.SIGKILL)
+        time.sleep(0.1)
+    # The VM's helper (erl_child_setup) belongs to its session: make sure none is left.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(inst.pid, signal.SIGKILL)
+    print(f"{inst.kind} {inst.name!r} stopped")
+
+
+def status(inst: Instance) -> bool:
+    """Print and return whether the instance runs and answers."""
+    running = alive(inst.pid)
+    answering = running and port_open(inst.host, inst.port)
+    sessions = SERVERS[inst.kind].sessions(inst) if answering else None
+    state = "answering" if answering else ("running, not answering" if running else "stopped")
+    print(
+        f"{inst.kind} {inst.name!r}: {state}; pid {inst.pid}; {describe(inst)}"
+        + (f"; {sessions} sessions" if sessions is not None else "")
+        + f"; files in {inst.path}"
+    )
+    return bool(answering)
+
+
+def register(inst: Instance, first: int, last: int, user: str, password: str) -> int:
+    """Register users first..last (existing ones are kept); return how many were new."""
+    if first < 1 or last < first:
+        raise ServerError(f"--first {first} --last {last}: need 1 <= first <= last")
+    started = time.monotonic()
+    todo = SERVERS[inst.kind].register(inst, range(first, last + 1), user, password)
     took = time.monotonic() - started
     rate = len(todo) / took if took > 0 and todo else 0
     print(
@@ -473,11 +947,20 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("verb", choices=["install", "start", "stop", "status", "register", "remove"])
     p.add_argument("--name", default="amoc", help="instance name (default amoc)")
+    p.add_argument("--kind", choices=KINDS, default=None,
+                   help="start, install: ejabberd (default) or prosody")  # fmt: skip
     p.add_argument("--dir", default=None, help="where instances live (default _build/xmpp)")
     p.add_argument("--host", default=None, help="c2s address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="c2s port (default 5222)")
-    p.add_argument("--http-port", type=int, default=None, help="mod_http_api port (default 5280)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="HTTP port: ejabberd's API, WebSocket and BOSH (default 5280)")  # fmt: skip
     p.add_argument("--domain", default=None, help="XMPP domain (default localhost)")
+    p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
+                   help="start: require STARTTLS, with a self-signed certificate")  # fmt: skip
+    p.add_argument("--tls-port", type=int, default=None,
+                   help="start: a direct-TLS (XEP-0368) c2s port too (0: none)")  # fmt: skip
+    p.add_argument("--scram", action=argparse.BooleanOptionalAction, default=None,
+                   help="start: store SCRAM-SHA-1 hashes, not plain passwords")  # fmt: skip
     p.add_argument("--first", type=int, default=1, help="register: first user id")
     p.add_argument("--last", type=int, default=None, help="register: last user id")
     p.add_argument("--user-prefix", default="user_", help="register: account = prefix + id")
@@ -497,38 +980,64 @@ def _loopback(host: str) -> str:
     return host
 
 
+def _pick(flag: object, saved: object) -> object:
+    return saved if flag is None else flag
+
+
+def to_start(args: argparse.Namespace, saved: Instance | None) -> Instance:
+    """The instance `start` runs: the flags given, else what was saved, else the defaults."""
+    base = saved or Instance(
+        args.name, str(instance_dir(args.name, args.dir)), "127.0.0.1", 5222, 5280, 0,
+        "localhost",
+    )  # fmt: skip
+    kind = args.kind or base.kind
+    if saved is not None and kind != saved.kind:
+        raise ServerError(
+            f"{args.name!r} is a {saved.kind} instance: remove it first "
+            f"(`tools/xmpp_server.py remove --name {args.name}`) or choose another --name"
+        )
+    inst = Instance(
+        name=args.name,
+        dir=str(instance_dir(args.name, args.dir)),
+        host=_loopback(args.host or base.host),
+        port=args.port or base.port,
+        http_port=args.http_port or base.http_port,
+        dist_port=0,
+        domain=args.domain or base.domain,
+        kind=kind,
+        tls=bool(_pick(args.tls, base.tls)),
+        scram=bool(_pick(args.scram, base.scram)),
+        tls_port=int(_pick(args.tls_port, base.tls_port)),  # type: ignore[call-overload]
+    )
+    if saved is not None and saved.scram and not inst.scram:
+        raise ServerError(
+            f"{args.name!r} stores SCRAM hashes, which cannot become plain passwords again: "
+            "start it with --scram, or remove it first"
+        )
+    for flag, _host, port in _addresses(inst):
+        if not 1 <= port <= 65535:
+            raise ServerError(f"{flag} {port}: must be between 1 and 65535")
+    if len({inst.port, inst.http_port, inst.tls_port} - {0}) < 2 + bool(inst.tls_port):
+        raise ServerError("--port, --http-port and --tls-port must differ")
+    return inst
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parser().parse_args(argv)
     try:
+        saved = load(args.name, args.dir) if args.verb != "install" else None
         if args.verb == "install":
-            install()
+            install(args.kind or "ejabberd")
             return 0
-        saved = load(args.name, args.dir)
-        base = saved or Instance(
-            args.name, str(instance_dir(args.name, args.dir)), "127.0.0.1", 5222, 5280, 0,
-            "localhost",
-        )  # fmt: skip
         if args.verb == "start":
-            inst = Instance(
-                name=args.name,
-                dir=str(instance_dir(args.name, args.dir)),
-                host=_loopback(args.host or base.host),
-                port=args.port or base.port,
-                http_port=args.http_port or base.http_port,
-                dist_port=0,
-                domain=args.domain or base.domain,
-            )
-            for flag, port in (("--port", inst.port), ("--http-port", inst.http_port)):
-                if not 1 <= port <= 65535:
-                    raise ServerError(f"{flag} {port}: must be between 1 and 65535")
-            start(inst)
+            start(to_start(args, saved))
             return 0
         if saved is None:
             if args.verb in ("stop", "remove"):
-                print(f"ejabberd {args.name!r} was never started here")
+                print(f"no server {args.name!r} was ever started here")
                 return 0
-            raise ServerError(f"no ejabberd {args.name!r} here: run `start` first")
+            raise ServerError(f"no server {args.name!r} here: run `start` first")
         if args.verb == "stop":
             stop(saved)
         elif args.verb == "remove":
@@ -538,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "status":
             return 0 if status(saved) else 3
         elif args.verb == "register":
-            if not alive(saved.pid):
+            if saved.kind == "ejabberd" and not alive(saved.pid):
                 raise ServerError(f"ejabberd {args.name!r} is not running: run `start` first")
             register(saved, args.first, args.last or args.first, args.user_prefix,
                      args.password_prefix)  # fmt: skip

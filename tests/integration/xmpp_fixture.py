@@ -1,9 +1,12 @@
-"""A real ejabberd for the tests, started by tools/xmpp_server.py and always stopped, and
-what the XMPP tests share: counters, the settings that reach a server, a scenario run."""
+"""Real XMPP servers for the tests (ejabberd or Prosody), started by tools/xmpp_server.py and
+always stopped, and what the XMPP tests share: counters, the settings that reach a server, a
+scenario run."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,8 +38,23 @@ class XmppServer:
     domain: str = "localhost"
     user_prefix: str = "user_"
     password_prefix: str = "password_"
+    kind: str = "ejabberd"  # or "prosody"
+    tls: bool = False  # STARTTLS required on c2s
+    scram: bool = False  # SCRAM hashes stored instead of plain passwords
+    tls_port: int = 0  # a direct-TLS (XEP-0368) c2s port too, 0: none
+    cert: str = ""  # the server's self-signed certificate (PEM, verify with it) once started
 
-    def tool(self, verb: str, *extra: str, timeout: float = 180) -> str:
+    @property
+    def muc_domain(self) -> str:
+        """The MUC service."""
+        return f"conference.{self.domain}"
+
+    @property
+    def pubsub_domain(self) -> str:
+        """The PubSub service."""
+        return f"pubsub.{self.domain}"
+
+    def tool(self, verb: str, *extra: str, timeout: float = 180, check: bool = True) -> str:
         """Run tools/xmpp_server.py VERB for this instance; its output."""
         done = subprocess.run(
             [sys.executable, str(TOOL), verb, "--name", self.name, *extra],
@@ -44,17 +62,27 @@ class XmppServer:
             text=True,
             timeout=timeout,
         )
-        if done.returncode != 0:
+        if check and done.returncode != 0:
             raise AssertionError(f"xmpp_server.py {verb} failed: {done.stderr or done.stdout}")
         return done.stdout
 
     def start(self) -> None:
         """Start (or restart after stop) on the same ports."""
-        self.tool(
-            "start",
+        out = self.tool(
+            "start", "--kind", self.kind,
             "--host", self.host, "--port", str(self.port),
             "--http-port", str(self.http_port), "--domain", self.domain,
+            "--tls" if self.tls else "--no-tls", "--tls-port", str(self.tls_port),
+            "--scram" if self.scram else "--no-scram",
         )  # fmt: skip
+        self.cert = self.state().get("cert", "")
+        assert bool(self.cert) == bool(self.tls or self.tls_port), out
+
+    def state(self) -> dict[str, Any]:
+        """What the tool saved about this instance (its instance.json)."""
+        found = re.search(r"files in (.+)$", self.tool("status", check=False), re.M)
+        assert found, f"no instance directory for {self.name!r}"
+        return dict(json.loads((Path(found.group(1)) / "instance.json").read_text()))
 
     def stop(self) -> None:
         """Stop the server."""
@@ -66,11 +94,24 @@ class XmppServer:
 
 
 @contextmanager
-def own_server(name: str, users: int = 0) -> Iterator[XmppServer]:
-    """An ejabberd called `name` on free loopback ports, with users 1..`users` registered;
-    stopped and removed at the end."""
-    server = XmppServer(name, "127.0.0.1", free_port(), free_port())
-    server.tool("install", timeout=600)
+def own_server(
+    name: str,
+    users: int = 0,
+    *,
+    kind: str = "ejabberd",
+    tls: bool = False,
+    scram: bool = False,
+    tls_port: int = 0,
+) -> Iterator[XmppServer]:
+    """A server called `name` (ejabberd, or Prosody with kind="prosody") on free loopback
+    ports, with users 1..`users` registered; stopped and removed at the end. `tls` requires
+    STARTTLS (the certificate is in `.cert`), `scram` stores SCRAM hashes, `tls_port` adds a
+    direct-TLS port."""
+    server = XmppServer(
+        name, "127.0.0.1", free_port(), free_port(),
+        kind=kind, tls=tls, scram=scram, tls_port=tls_port,
+    )  # fmt: skip
+    server.tool("install", "--kind", kind, timeout=600)
     try:
         server.start()
         if users:
@@ -84,6 +125,23 @@ def own_server(name: str, users: int = 0) -> Iterator[XmppServer]:
 def xmpp_server() -> Iterator[XmppServer]:
     """One ejabberd for the whole session on free loopback ports."""
     with own_server(f"pytest{free_port()}") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prosody_server() -> Iterator[XmppServer]:
+    """One Prosody for the whole session: STARTTLS required, SCRAM storage, direct TLS on
+    `tls_port`."""
+    name = f"pytest_prosody{free_port()}"
+    with own_server(name, kind="prosody", tls=True, scram=True, tls_port=free_port()) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def ejabberd_tls_server() -> Iterator[XmppServer]:
+    """One ejabberd for the whole session: STARTTLS required, direct TLS on `tls_port`."""
+    name = f"pytest_ejabberd_tls{free_port()}"
+    with own_server(name, tls=True, tls_port=free_port()) as server:
         yield server
 
 
