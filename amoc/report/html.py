@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from amoc.report.figures import COLUMNS
+from amoc.report.figures import COLUMNS, FEATURE_HISTOGRAMS, FEATURE_RATES
 
 CHARTS = (
     ("Users", (("running", "running"), ("target", "target"), ("failed", "failed runs"))),
@@ -19,7 +19,7 @@ CHARTS = (
     ("Time to delivery (ms)", (("ttd_p50", "p50"), ("ttd_p99", "p99"))),
     ("Errors (cumulative)", (("errors", "errors"),)),
 )
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 W, H, PAD = 720, 220, 48
 
 
@@ -80,18 +80,20 @@ def write(
     """Write the report; the path of index.html."""
     directory.mkdir(parents=True, exist_ok=True)
     columns = ["t", *(c for c, _ in COLUMNS)]
+    extra = sorted({k for r in rows for k in r} - set(columns))
+    columns += extra
     with open(directory / "series.csv", "w", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(columns)
         for r in rows:
-            out.writerow([f"{r[c]:.3f}" if not math.isnan(r[c]) else "" for c in columns])
+            out.writerow([_cell(r.get(c, math.nan)) for c in columns])
     (directory / "summary.json").write_text(
         json.dumps({"run": info, "metrics": summary}, indent=2, default=str) + "\n"
     )
     times = [r["t"] for r in rows]
     charts = [
-        chart(title, times, [(label, [r[c] for r in rows]) for c, label in series])
-        for title, series in CHARTS
+        chart(title, times, [(label, [r.get(c, math.nan) for r in rows]) for c, label in series])
+        for title, series in (*CHARTS, *feature_charts(extra))
     ]
     params = "\n".join(
         f"<tr><td>{html.escape(n)}</td><td>{html.escape(repr(v))}</td>"
@@ -132,6 +134,31 @@ figures: <a href="summary.json">summary.json</a>.</p>
     index = directory / "index.html"
     index.write_text(page)
     return index
+
+
+def feature_charts(columns: Sequence[str]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Charts for the feature figures a run recorded (groupchat, pubsub, MAM, SM, IQ)."""
+    present = set(columns)
+    out: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    latency = tuple(
+        (f"{prefix}_{q}", f"{title} {q}")
+        for _name, prefix, title in FEATURE_HISTOGRAMS
+        for q in ("p50", "p99")
+        if f"{prefix}_{q}" in present
+    )
+    if latency:
+        out.append(("Feature latency (ms)", latency))
+    rates = tuple((c, title) for c, title, _n in FEATURE_RATES if c in present)
+    if rates:
+        out.append(("Feature rates (per second)", rates))
+    iqs = tuple((c, c[3:-4]) for c in sorted(present) if c.startswith("iq_") and c.endswith("_p99"))
+    if iqs:
+        out.append(("IQ response time p99 (ms)", iqs))
+    return out
+
+
+def _cell(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.3f}"
 
 
 def _figure(value: Any) -> str:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from amoc.report.figures import COLUMNS, fmt, row, total
+from amoc.report.figures import COLUMNS, feature_lines, fmt, row, total
 
 # What a view needs, from the node (or over the attach socket): {"time": wall clock,
 # "nodes": {name: snapshot}, "targets": {name: users placed}, "scenario": name or None}.
@@ -44,6 +44,7 @@ def frame(now: Sample, before: Sample | None) -> list[str]:
     for line in table:
         lines.append("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in
                                enumerate(zip(line, widths, strict=True))))  # fmt: skip
+    lines.extend(feature_lines(all_row))
     return lines
 
 

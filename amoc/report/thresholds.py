@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from amoc.errors import AmocError
-from amoc.report.figures import errors
+from amoc.report.figures import errors, iq_requests
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -66,13 +66,14 @@ def parse(text: str) -> Threshold:
 
 
 def error_ratio(snapshot: Mapping[str, Any]) -> float:
-    """Errors / attempts: (failed runs + failed logins + error replies + lost connections) /
-    (runs + logins + messages sent)."""
+    """Errors / attempts: (failed runs + failed logins + error replies + IQ errors and
+    timeouts + lost connections) / (runs + logins + messages sent + IQ requests)."""
     counters = snapshot.get("counters", {})
     attempts = sum(
         counters.get(n, 0)
         for n in ("scenario.runs", "xmpp.logins.ok", "xmpp.logins.failed", "xmpp.messages.sent")
     )
+    attempts += iq_requests(snapshot)
     return errors(snapshot) / attempts if attempts else 0.0
 
 
