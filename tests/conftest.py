@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cluster import cluster  # noqa: F401 - fixtures for every layer
-from tests.integration.xmpp_fixture import xmpp_server  # noqa: F401
+from tests.integration.xmpp_fixture import (  # noqa: F401
+    ejabberd_tls_server,
+    prosody_server,
+    xmpp_server,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
