@@ -63,7 +63,7 @@ class Client(ClientBase):
                     "unencrypted_scram": not s.tls,
                 }
             },
-            sasl_mech=s.sasl,
+            sasl_mech=None if s.sasl == "AUTO" else s.sasl,
             ssl_context=shared_context(s.tls_verify),
         )
         xmpp.enable_direct_tls = False

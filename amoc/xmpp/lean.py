@@ -111,11 +111,13 @@ class LeanClient(ClientBase, asyncio.Protocol):
         "_transport",
         "_upgrade",
         "bound_jid",
+        "mechanism",
     )
 
     def __init__(self, user_id: int, config: Settings, username: str) -> None:
         super().__init__(user_id, config, username)
         self.bound_jid = ""  # the full JID the server bound
+        self.mechanism = ""  # the SASL mechanism used
         self._closed: asyncio.Future[None] | None = None
         self._echoed = False
         self._features: Element | None = None  # the stream features kept while registering
@@ -176,18 +178,22 @@ class LeanClient(ClientBase, asyncio.Protocol):
             return self._send_registration(features)
         mechanisms = features.find(_MECHANISMS)
         offered = [m.text.strip() for m in mechanisms.children] if mechanisms else []
-        mech = self.settings.sasl
-        if mech not in offered:
-            tls = " (does the server require STARTTLS?)" if not offered else ""
-            return self._fail_login(
-                Reason.NO_MECHANISM,
-                f"the server offers no usable SASL mechanism: {mech} not in "
-                f"{offered or 'its empty list'}{tls}",
-            )
+        binding = self._channel_binding()
+        mech = scram.choose(offered, self.settings.sasl, self._tls, binding is not None)
+        if mech is None:
+            return self._fail_login(Reason.NO_MECHANISM, self._no_mechanism(offered, binding))
+        self.mechanism = mech
         if mech == "PLAIN":
             initial = scram.plain(self.username, self._password)
         else:
-            self._scram = scram.Scram(self.username, self._password)
+            self._scram = scram.Scram(
+                self.username,
+                self._password,
+                mech,
+                binding=binding if mech.endswith("-PLUS") else None,
+                binding_supported=binding is not None
+                and any(m.endswith("-PLUS") for m in offered),
+            )
             initial = self._scram.client_first()
         self._write(
             f"<auth xmlns='{_SASL}' mechanism='{mech}'>"
@@ -195,9 +201,43 @@ class LeanClient(ClientBase, asyncio.Protocol):
         )
         self._step = LeanClient._sasl_answer
 
+    def _scram_name(self) -> str:
+        return self.mechanism
+
+    def _channel_binding(self) -> bytes | None:
+        """tls-unique of the TLS connection (for -PLUS mechanisms), None without TLS."""
+        if not self._tls or self._transport is None:
+            return None
+        ssl_object = self._transport.get_extra_info("ssl_object")
+        try:
+            data = ssl_object.get_channel_binding(scram.CHANNEL_BINDING) if ssl_object else None
+        except (ValueError, AttributeError):
+            return None
+        return data or None
+
+    def _no_mechanism(self, offered: list[str], binding: bytes | None) -> str:
+        wanted = self.settings.sasl
+        listed = ", ".join(offered) or "none"
+        if not offered:
+            hint = " (does the server require STARTTLS? set xmpp_tls)" if not self._tls else ""
+            return f"the server offers no SASL mechanism{hint}"
+        if wanted.endswith("-PLUS") and binding is None:
+            why = "needs TLS with channel binding (set xmpp_tls)"
+            return f"xmpp_sasl = {wanted} {why}; the server offers {listed}"
+        return (
+            f"the server offers {listed}, not xmpp_sasl = {wanted}: set xmpp_sasl to one of "
+            f"them (or AUTO, the strongest offered)"
+        )
+
     def _send_registration(self, features: Element) -> None:
         """XEP-0077 §3.1: register the account on the open stream, then log in."""
         if features.find(_REGISTER_FEATURE) is None:
+            if features.find(_STARTTLS) is not None:  # servers offer registration over TLS
+                return self._fail_login(
+                    Reason.REGISTRATION,
+                    "the server offers in-band registration (XEP-0077) only after STARTTLS: "
+                    "set xmpp_tls = true",
+                )
             return self._fail_login(
                 Reason.REGISTRATION,
                 "the server does not offer in-band registration (XEP-0077) in its stream "
@@ -284,8 +324,14 @@ class LeanClient(ClientBase, asyncio.Protocol):
                     self._scram.verify(data)
                     self._write(f"<response xmlns='{_SASL}'/>".encode())
                 else:
-                    final = base64.b64encode(self._scram.client_final(data)).decode()
-                    self._write(f"<response xmlns='{_SASL}'>{final}</response>".encode())
+                    key = self._scram.salt_needed(data) if scram.OFF_LOOP else None
+                    if key is not None:  # a PBKDF2 of thousands of rounds: not in the loop
+                        work = asyncio.get_running_loop().run_in_executor(
+                            None, scram.salted_password, *key
+                        )
+                        work.add_done_callback(functools.partial(self._salted, data))
+                        return None
+                    self._send_final(data)
                 return None
             if tag == _SUCCESS:
                 if self._scram is not None and data:
@@ -299,16 +345,31 @@ class LeanClient(ClientBase, asyncio.Protocol):
                 self._step = LeanClient._bind_features
                 return None
         except scram.ScramError as exc:
-            return self._fail_login(Reason.AUTH, f"SCRAM-SHA-1 failed: {exc}")
+            return self._fail_login(Reason.AUTH, f"{self._scram_name()} failed: {exc}")
         if tag == _FAILURE:
             condition, text = _condition(answer, _SASL)
             why = f"{condition} ({text})" if text else condition
             return self._fail_login(
                 Reason.AUTH,
-                f"the server refused {self.settings.sasl} authentication: {why} "
+                f"the server refused {self._scram_name()} authentication: {why} "
                 "(wrong password, or the user is not registered)",
             )
         return self._unexpected(answer)
+
+    def _send_final(self, server_first: bytes) -> None:
+        assert self._scram is not None
+        final = base64.b64encode(self._scram.client_final(server_first)).decode()
+        self._write(f"<response xmlns='{_SASL}'>{final}</response>".encode())
+
+    def _salted(self, server_first: bytes, work: asyncio.Future[bytes]) -> None:
+        """The PBKDF2 of the executor is done (and cached): answer the challenge."""
+        if work.cancelled() or self._state is not State.LOGGING_IN or self._scram is None:
+            return
+        try:
+            work.result()
+            self._send_final(server_first)
+        except (scram.ScramError, ValueError) as exc:
+            self._fail_login(Reason.AUTH, f"{self._scram_name()} failed: {exc}")
 
     def _bind_features(self, features: Element) -> None:
         if features.tag != _FEATURES:

@@ -14,7 +14,16 @@ from typing import Any
 from amoc.config import Config, Param, amoc_config, non_negative_int, param
 from amoc.errors import ConfigError
 
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-1")
+SASL_MECHANISMS = (
+    "AUTO",
+    "PLAIN",
+    "SCRAM-SHA-1",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-512",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-512-PLUS",
+)
 # "lean": amoc.xmpp.lean (asyncio Protocol + expat); "slixmpp": amoc.xmpp.client.
 # lean is the default: measured against slixmpp (bench/RESULTS.md, bench/bench_tsung.py),
 # a tenth of its memory per user, two thirds of its CPU per message, a fifth of its CPU per
@@ -90,7 +99,13 @@ PARAMETERS: list[Param] = [
     param("xmpp_domain", "localhost", "XMPP domain of the users' JIDs", _non_empty),
     param("xmpp_tls", False, "negotiate STARTTLS (else plain TCP, PLAIN allowed)", _flag),
     param("xmpp_tls_verify", False, "verify the server certificate when xmpp_tls", _flag),
-    param("xmpp_sasl", "PLAIN", "SASL mechanism: PLAIN or SCRAM-SHA-1", _sasl),
+    param(
+        "xmpp_sasl",
+        "AUTO",
+        "SASL mechanism: AUTO (the strongest the server offers), PLAIN, SCRAM-SHA-1/256/512 "
+        "or their -PLUS forms (channel binding, over TLS)",
+        _sasl,
+    ),
     param("xmpp_username_prefix", "user_", "account name = prefix + user id", _text),
     param("xmpp_password_prefix", "password_", "password = prefix + user id", _text),
     param("xmpp_resource", "amoc", "resource to bind (empty: the server picks)", _text),

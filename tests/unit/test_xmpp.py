@@ -76,7 +76,7 @@ def test_defaults() -> None:
         5222,
         "localhost",
         False,
-        "PLAIN",
+        "AUTO",
     )
     assert s.connect_timeout == 10_000
 

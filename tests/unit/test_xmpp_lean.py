@@ -247,6 +247,64 @@ def test_scram_refuses_bad_server_first_messages(server_first: bytes, expected: 
         scram.Scram("user", "pencil", nonce=RFC_NONCE).client_final(server_first)
 
 
+def test_scram_sha256_matches_the_rfc_7677_example() -> None:
+    exchange = scram.Scram("user", "pencil", "SCRAM-SHA-256", nonce="rOprNGfwEbeRWgbNEkqO")
+    assert exchange.client_first() == b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"
+    server_first = (
+        b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+    )
+    assert exchange.client_final(server_first) == (
+        b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+        b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+    )
+    exchange.verify(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+    assert exchange.verified
+
+
+def test_scram_plus_binds_the_channel_and_y_flags_a_downgrade() -> None:
+    plus = scram.Scram("u", "p", "SCRAM-SHA-512-PLUS", nonce="abc", binding=b"\x01\x02")
+    assert plus.client_first() == b"p=tls-unique,,n=u,r=abc"
+    final = plus.client_final(b"r=abcdef,s=c2FsdA==,i=4096")
+    assert final.startswith(b"c=" + base64.b64encode(b"p=tls-unique,,\x01\x02") + b",r=abcdef,p=")
+    assert len(base64.b64decode(final.rsplit(b"p=", 1)[1])) == 64  # a SHA-512 proof
+    assert scram.Scram(
+        "u", "p", "SCRAM-SHA-1", nonce="n", binding_supported=True
+    ).client_first() == (b"y,,n=u,r=n")
+    with pytest.raises(scram.ScramError, match="needs channel-binding data"):
+        scram.Scram("u", "p", "SCRAM-SHA-256-PLUS")
+    with pytest.raises(scram.ScramError, match="unknown SCRAM mechanism"):
+        scram.Scram("u", "p", "SCRAM-MD5")
+
+
+@pytest.mark.parametrize(
+    ("offered", "wanted", "binding", "chosen"),
+    [
+        (["PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"], "AUTO", False, "SCRAM-SHA-256"),
+        (["PLAIN", "SCRAM-SHA-512", "SCRAM-SHA-512-PLUS"], "AUTO", False, "SCRAM-SHA-512"),
+        (["SCRAM-SHA-1", "SCRAM-SHA-1-PLUS"], "AUTO", True, "SCRAM-SHA-1-PLUS"),
+        (["PLAIN", "X-OAUTH2"], "AUTO", True, "PLAIN"),
+        (["X-OAUTH2"], "AUTO", True, None),
+        (["PLAIN", "SCRAM-SHA-1"], "SCRAM-SHA-256", False, None),
+        (["SCRAM-SHA-256-PLUS"], "SCRAM-SHA-256-PLUS", False, None),
+        (["PLAIN", "SCRAM-SHA-1"], "PLAIN", False, "PLAIN"),
+    ],
+)
+def test_the_mechanism_is_the_strongest_offered_that_the_settings_allow(
+    offered: list[str], wanted: str, binding: bool, chosen: str | None
+) -> None:
+    assert scram.choose(offered, wanted, tls=binding, binding=binding) == chosen
+
+
+def test_the_salted_password_is_computed_once_per_user() -> None:
+    first = scram.Scram("u", "cached-pw", "SCRAM-SHA-256", nonce="n1")
+    server_first = b"r=n1x,s=c2FsdHk=,i=4096"
+    assert first.salt_needed(server_first) == ("sha256", "cached-pw", b"salty", 4096)
+    first.client_final(server_first)
+    again = scram.Scram("u", "cached-pw", "SCRAM-SHA-256", nonce="n1")
+    assert again.salt_needed(server_first) is None
+    assert again.client_final(server_first) == first.client_final(server_first)
+
+
 def test_scram_escapes_names_and_plain_packs_its_fields() -> None:
     assert scram.Scram("a=b,c", "p", nonce="n").client_first() == b"n,,n=a=3Db=2Cc,r=n"
     assert scram.plain("user_1", "pw") == b"\0user_1\0pw"
@@ -332,6 +390,7 @@ async def with_peer(script: Script, body: Callable[[int], Awaitable[Any]]) -> An
 
 
 def lean(port: int, **kw: Any) -> Awaitable[xmpp.Session]:
+    kw.setdefault("sasl", "PLAIN")
     return xmpp.connect(1, client="lean", port=port, config=Config(environ={}), **kw)
 
 
@@ -450,7 +509,8 @@ def test_a_missing_mechanism_is_no_mechanism() -> None:
         return caught.value
 
     err = asyncio.run(with_peer(script, body))
-    assert err.reason is xmpp.Reason.NO_MECHANISM and "PLAIN not in ['SCRAM-SHA-1']" in str(err)
+    assert err.reason is xmpp.Reason.NO_MECHANISM
+    assert "the server offers SCRAM-SHA-1, not xmpp_sasl = PLAIN: set xmpp_sasl" in str(err)
 
 
 # -- STARTTLS -------------------------------------------------------------------------------
