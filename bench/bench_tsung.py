@@ -417,6 +417,7 @@ async def amoc_child(args: argparse.Namespace) -> dict[str, Any]:
         "xmpp_host": args.host,
         "xmpp_port": args.port,
         "xmpp_domain": args.domain,
+        "xmpp_sasl": "PLAIN",  # what Tsung does; AUTO would pick SCRAM
         "xmpp_username_prefix": prefix(args.child, users),
         "xmpp_password_prefix": PASSWORD_PREFIX,
         # Tsung waits as long as it takes; first logins of fresh users can be slow.

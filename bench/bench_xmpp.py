@@ -116,6 +116,7 @@ async def amoc_case(args: argparse.Namespace) -> dict[str, Any]:
         "xmpp_host": args.host,
         "xmpp_port": args.port,
         "xmpp_domain": args.domain,
+        "xmpp_sasl": "PLAIN",  # what Tsung does; AUTO would pick SCRAM
         "messages_per_user": args.messages,
         "message_interval": args.interval,
         "receive_timeout": 30_000,
