@@ -10,6 +10,9 @@ Every stanza of an online session goes through `_route`:
 - IQ results and errors answer the request that waits for their id; IQ requests from the
   server go to the handlers, and unless one of them says it answered, pings and roster
   pushes get a result and anything else `service-unavailable`;
+- presences are counted per kind (`xmpp.presences.received.available`, `.unavailable`,
+  `.subscribe`, ...) and stamped available ones without `<delay/>` timed into
+  `xmpp.presences.ttd_ms`;
 - presence subscription requests are answered as `xmpp_subscription_requests` says;
 - then the stanza goes to the handlers, to the first `wait_for` whose predicate matches,
   or else into a small buffer (`xmpp_stanza_buffer`) where a later `wait_for` finds it.
@@ -62,6 +65,15 @@ _KINDS = {
 }
 
 _ids = itertools.count(1)
+
+_PRESENCE_KINDS = {
+    kind: f"xmpp.presences.received.{kind}"
+    for kind in (
+        "available", "unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed",
+        "probe", "error",
+    )
+}  # fmt: skip
+_OTHER_PRESENCE = "xmpp.presences.received.other"
 
 
 def iq_kind(element: Element) -> str:
@@ -336,8 +348,24 @@ class Router(Inbox):
                         break
 
     def _route_presence(self, element: Element) -> None:
+        received_us = stamp.now_us()
         metrics.counter("xmpp.presences.received").inc()
         kind = element.attrs.get("type")
+        # Per kind, from a fixed set: a metric name never comes from the peer's text.
+        metrics.counter(_PRESENCE_KINDS.get(kind or "available", _OTHER_PRESENCE)).inc()
+        # Stamped updates of others are timed (not our own, which the server echoes to us).
+        if kind is None and element.children and bare(element.attrs.get("from", "")) != self.jid:
+            sent_us = None
+            for child in element.children:
+                if child.tag == _STAMP:
+                    sent_us = stamp.decode_value(child.attrs.get("us"))
+                elif child.tag == _DELAY:  # the contact's last presence, not this update
+                    sent_us = None
+                    break
+            if sent_us is not None:
+                metrics.histogram("xmpp.presences.ttd_ms").record(
+                    stamp.ttd_ms(sent_us, received_us)
+                )
         if kind == "subscribe":
             policy = self.settings.subscription_requests
             sender = element.attrs.get("from", "")
