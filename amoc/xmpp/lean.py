@@ -235,8 +235,8 @@ class LeanClient(ClientBase, asyncio.Protocol):
             if features.find(_STARTTLS) is not None:  # servers offer registration over TLS
                 return self._fail_login(
                     Reason.REGISTRATION,
-                    "the server offers in-band registration (XEP-0077) only after STARTTLS: "
-                    "set xmpp_tls = true",
+                    "no in-band registration (XEP-0077) is offered before STARTTLS, which "
+                    "the server offers: set xmpp_tls = true",
                 )
             return self._fail_login(
                 Reason.REGISTRATION,
