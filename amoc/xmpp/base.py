@@ -29,8 +29,13 @@ class State(enum.Enum):
     NEW = "new"
     LOGGING_IN = "logging in"
     ONLINE = "online"
+    RESUMING = "resuming"  # online, the connection dropped: reconnecting (XEP-0198, lean)
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+# The states in which a login (the first one, or a resumption's) is under way.
+_LOGINS = (State.LOGGING_IN, State.RESUMING)
 
 
 class ClientBase(Router):
@@ -72,8 +77,18 @@ class ClientBase(Router):
 
     @property
     def connected(self) -> bool:
-        """True while the session is up (logged in, not stopped, not lost)."""
-        return self._state is State.ONLINE
+        """True while the session is up (logged in, not stopped, not lost; also while a
+        dropped connection is being resumed: sends are kept for the resumed stream)."""
+        return self._state in (State.ONLINE, State.RESUMING)
+
+    @property
+    def unacked(self) -> int:
+        """Stanzas sent that the server has not acknowledged (XEP-0198; 0 without it)."""
+        return 0
+
+    def drop_connection(self) -> None:
+        """Abort the TCP connection without closing the stream: a network failure."""
+        raise NotImplementedError
 
     # -- login ------------------------------------------------------------------------------
 
@@ -124,12 +139,12 @@ class ClientBase(Router):
 
     def _fail_login(self, reason: Reason, detail: str) -> None:
         login = self._login
-        if self._state is State.LOGGING_IN and login is not None and not login.done():
+        if self._state in _LOGINS and login is not None and not login.done():
             login.set_exception(LoginError(detail, reason, self.user_id))
 
     def _logged_in(self) -> None:
         login = self._login
-        if self._state is State.LOGGING_IN and login is not None and not login.done():
+        if self._state in _LOGINS and login is not None and not login.done():
             login.set_result(None)
 
     # -- the server's side ------------------------------------------------------------------

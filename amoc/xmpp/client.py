@@ -22,7 +22,7 @@ from amoc import metrics
 from amoc.config import Config
 from amoc.xmpp import naming, stamp
 from amoc.xmpp.base import ClientBase, State
-from amoc.xmpp.errors import Reason
+from amoc.xmpp.errors import NotSupported, Reason
 from amoc.xmpp.parser import from_etree
 from amoc.xmpp.settings import Settings, settings
 from amoc.xmpp.tls import shared_context
@@ -45,6 +45,13 @@ class Client(ClientBase):
     __slots__ = ("_echoed", "xmpp")
 
     def __init__(self, user_id: int, config: Settings, username: str) -> None:
+        if config.stream_management:
+            raise NotSupported(
+                f"xmpp_stream_management = {config.stream_management!r} (XEP-0198) needs the "
+                "lean client: set xmpp_client = 'lean' (or xmpp_stream_management = false)",
+                Reason.NOT_SUPPORTED,
+                user_id,
+            )
         super().__init__(user_id, config, username)
         self.xmpp: ClientXMPP | None = None
         self._echoed = False
@@ -194,6 +201,12 @@ class Client(ClientBase):
             f"<body>{text}</body>{stamp.encode(stamp.now_us())}</message>"
         )
         metrics.counter("xmpp.messages.sent").inc()
+
+    def drop_connection(self) -> None:
+        """Abort the TCP connection without closing the stream: a network failure."""
+        xmpp = self.xmpp
+        if xmpp is not None and xmpp.transport is not None:
+            xmpp.transport.abort()
 
     # -- receiving --------------------------------------------------------------------------
 

@@ -13,6 +13,13 @@ It speaks RFC 6120 client streams: stream header, STARTTLS (with `xmpp_tls`, ove
 SSLContext of `amoc.xmpp.tls`), SASL PLAIN or SCRAM-SHA-1 (verifying the server's
 signature), stream restarts, resource binding, the legacy session if the server requires
 it, stream errors, and answers the server's IQ requests (ping, else service-unavailable).
+
+With `xmpp_stream_management` it speaks XEP-0198 (the counting and the queue are in
+`amoc.xmpp.sm`): `<enable/>` after binding, acks both ways, and with "resume" a connection
+that drops while online is re-established (TCP, TLS, SASL again) and the session resumed,
+the unacknowledged stanzas written again; sends during the outage are kept, waiters keep
+waiting. A resumption the server refuses binds a new session (what was lost is counted);
+one that cannot reconnect within xmpp_sm_resume_timeout ends the session (ConnectionLost).
 """
 
 from __future__ import annotations
@@ -22,18 +29,19 @@ import base64
 import binascii
 import functools
 import logging
+import random
 import ssl
 from collections.abc import Callable
 from typing import cast
 from xml.sax.saxutils import escape, quoteattr
 
 from amoc import metrics
-from amoc.xmpp import naming, scram, stamp, stanza
+from amoc.xmpp import naming, scram, sm, stamp, stanza
 from amoc.xmpp.base import ClientBase, State
-from amoc.xmpp.errors import LoginError, Reason
+from amoc.xmpp.errors import LoginError, Reason, ReceiveTimeout, XmppError
 from amoc.xmpp.parser import STREAMS_NS, Element, StreamParser, XmlError
 from amoc.xmpp.router import stanza_error
-from amoc.xmpp.settings import Settings
+from amoc.xmpp.settings import STREAM_RESUME, Settings
 from amoc.xmpp.tls import shared_context
 
 log = logging.getLogger("amoc.xmpp")
@@ -62,6 +70,16 @@ _SESSION_TAG = f"{_SESSION} session"
 _OPTIONAL = f"{_SESSION} optional"
 _PRESENCE = f"{_CLIENT} presence"
 _IQ = f"{_CLIENT} iq"
+_MESSAGE = f"{_CLIENT} message"
+_STANZA_TAGS = frozenset((_MESSAGE, _PRESENCE, _IQ))  # what XEP-0198 counts
+
+# Reconnecting for a resumption: the first attempt at once, then after 0.1, 0.2, 0.4 ...
+# up to 2 s (each randomised by +-50%, so that users dropped together do not come back in
+# lockstep), until xmpp_sm_resume_timeout.
+_RETRY_FIRST_S = 0.1
+_RETRY_MAX_S = 2.0
+# How long an aborted connection attempt may take to report its end.
+_ABORT_WAIT_S = 0.5
 
 _CLOSE = b"</stream:stream>"
 _PRESENCE_TEXT = b"<presence/>"
@@ -105,6 +123,7 @@ class LeanClient(ClientBase, asyncio.Protocol):
         "_registering_since",
         "_scram",
         "_session_required",
+        "_sm",
         "_step",
         "_tls",
         "_to",
@@ -134,6 +153,8 @@ class LeanClient(ClientBase, asyncio.Protocol):
         self._to: tuple[int, str] = (0, "")  # the last user id sent to, and its quoted JID
         self._tls = False  # STARTTLS done
         self._upgrade: asyncio.Task[None] | None = None  # the TLS handshake, while it runs
+        # XEP-0198 state, made when the server offers it and xmpp_stream_management asks.
+        self._sm: sm.StreamManagement | None = None
 
     # -- login ------------------------------------------------------------------------------
 
@@ -159,7 +180,11 @@ class LeanClient(ClientBase, asyncio.Protocol):
             self._transport.write(data)
 
     def _send_raw(self, text: str) -> None:
-        self._write(text.encode())
+        sm_ = self._sm
+        if sm_ is not None and sm_.enabled:
+            sm_.write(text.encode())
+        else:
+            self._write(text.encode())
 
     # The login steps: each takes the next stanza of the stream.
 
@@ -298,7 +323,7 @@ class LeanClient(ClientBase, asyncio.Protocol):
         except (ssl.SSLError, OSError) as exc:
             self._fail_login(Reason.TLS, f"TLS handshake failed: {exc}")
         else:
-            if self._state is not State.LOGGING_IN or tls is None:
+            if self._state not in (State.LOGGING_IN, State.RESUMING) or tls is None:
                 return
             self._transport = tls
             self._tls = True
@@ -380,6 +405,33 @@ class LeanClient(ClientBase, asyncio.Protocol):
             )
         session = features.find(_SESSION_TAG)
         self._session_required = session is not None and session.find(_OPTIONAL) is None
+        if self.settings.stream_management:
+            offered = features.find(sm.FEATURE) is not None
+            sm_ = self._sm
+            if sm_ is None and offered:
+                resume = self.settings.stream_management == STREAM_RESUME
+                sm_ = self._sm = sm.StreamManagement(resume, self.settings.sm_ack_every)
+            elif sm_ is None:
+                metrics.counter("xmpp.sm.unavailable").inc()
+                sm.say_once(
+                    "unavailable",
+                    "xmpp_stream_management is set but the server at %s:%s does not offer "
+                    "XEP-0198 (<sm xmlns='urn:xmpp:sm:3'/>): sessions go on without it "
+                    "(counted in xmpp.sm.unavailable)",
+                    self.settings.host,
+                    self.settings.port,
+                )
+            if sm_ is not None:
+                sm_.offered = offered
+                if self._state is State.RESUMING and sm_.resumable:
+                    if offered:
+                        self._write(sm.resume_request(sm_.handled, sm_.id))
+                        self._step = LeanClient._resume_answer
+                        return None
+                    self._resume_refused(None, "the server no longer offers stream management")
+        return self._send_bind()
+
+    def _send_bind(self) -> None:
         resource = self.settings.resource
         what = f"<resource>{escape(resource)}</resource>" if resource else ""
         self._write(f"<iq type='set' id='bind'><bind xmlns='{_BIND}'>{what}</bind></iq>".encode())
@@ -409,9 +461,27 @@ class LeanClient(ClientBase, asyncio.Protocol):
         self._logged_in()
 
     def _logged_in(self) -> None:
-        self._step = LeanClient._online
+        """Bound (and the session started): enable stream management, or be online."""
+        sm_ = self._sm
+        if sm_ is not None and sm_.offered:
+            self._write(sm.ENABLE_RESUME if sm_.resume else sm.ENABLE)
+            self._step = LeanClient._enable_answer
+            return
+        if sm_ is not None:  # a resumption's new session on a server without SM now
+            self._sm_off()
+        self._session_ready()
+
+    def _session_ready(self) -> None:
+        """The stream is ready for stanzas: the login (or a resumption) is done."""
+        sm_ = self._sm
+        self._step = LeanClient._online if sm_ is None else LeanClient._online_sm
+        if sm_ is not None and sm_.resumable:
+            sm_.password = self._password  # a resumption logs in again
         self._forget_secrets()
-        super()._logged_in()
+        if self._state is State.RESUMING:
+            self._back_online()
+        else:
+            super()._logged_in()
 
     def _unexpected(self, element: Element) -> None:
         if element.tag == _STREAM_ERROR:
@@ -455,11 +525,16 @@ class LeanClient(ClientBase, asyncio.Protocol):
         closed = self._closed
         if closed is not None and not closed.done():
             closed.set_result(None)
-        if self._state is State.LOGGING_IN:
+        if self._state is State.LOGGING_IN or self._state is State.RESUMING:
             if self._upgrade is None:  # else the TLS handshake failed: _start_tls says why
                 self._closed_during_login()
         elif self._state is State.ONLINE:
-            self._end_session(exc)
+            sm_ = self._sm
+            if sm_ is not None and sm_.resumable and not self._stream_error:
+                self._start_resumption(sm_, exc)
+            else:
+                self._end_session(exc)
+                self._sm_ended()
 
     # -- what the parser finds --------------------------------------------------------------
 
@@ -481,6 +556,8 @@ class LeanClient(ClientBase, asyncio.Protocol):
         if closed is not None and not closed.done():
             closed.set_result(None)
             return
+        if self._sm is not None and self._state is not State.RESUMING:
+            self._sm.id = ""  # a closed stream ends the session: nothing to resume
         if self._transport is not None:
             self._transport.write(_CLOSE)
             self._transport.close()
@@ -497,6 +574,24 @@ class LeanClient(ClientBase, asyncio.Protocol):
             self._on_stream_error(element)
         else:
             self._route(element)
+
+    def _online_sm(self, element: Element) -> None:
+        """Online with stream management: count stanzas, answer `<r/>`, take `<a/>`."""
+        sm_ = self._sm
+        tag = element.tag
+        if sm_ is not None:
+            if tag in _STANZA_TAGS:
+                sm_.handled += 1
+            elif tag == sm.REQUEST_TAG:
+                self._write(sm.answer(sm_.handled))
+                return
+            elif tag == sm.ANSWER_TAG:
+                try:
+                    sm_.acked_to(sm.read_h(element))
+                except ValueError as exc:
+                    self._protocol_error("undefined-condition", str(exc))
+                return
+        self._online(element)
 
     def _on_stream_error(self, element: Element) -> None:
         self._stream_error_received(*_condition(element, _STREAM_ERRORS))
@@ -548,16 +643,238 @@ class LeanClient(ClientBase, asyncio.Protocol):
 
     # -- receiving --------------------------------------------------------------------------
 
-    def _live(self) -> asyncio.Transport:
-        transport = self._transport
-        if self._state is State.ONLINE and transport is not None:
-            return transport
+    def _live(self) -> sm.Writer:
+        sm_ = self._sm
+        if sm_ is None or not sm_.enabled:
+            transport = self._transport
+            if self._state is State.ONLINE and transport is not None:
+                return transport
+        elif self._state is State.ONLINE or self._state is State.RESUMING:
+            return sm_  # counts and keeps each stanza; holds them while the link is down
         self._not_live()
+
+    # -- stream management (XEP-0198) -------------------------------------------------------
+
+    @property
+    def stream_management(self) -> sm.StreamManagement | None:
+        """The XEP-0198 state (`.sent`, `.acked`, `.handled`, `.id`...: read it, do not
+        change it); None without stream management."""
+        return self._sm
+
+    @property
+    def unacked(self) -> int:
+        """Stanzas sent that the server has not acknowledged yet (0 without SM)."""
+        sm_ = self._sm
+        return 0 if sm_ is None else len(sm_.queue)
+
+    @property
+    def resuming(self) -> bool:
+        """True while a dropped connection is being re-established and resumed."""
+        return self._state is State.RESUMING
+
+    async def request_ack(self, timeout_ms: float | None = None) -> int:
+        """Ask the server for an ack (`<r/>`) and return its h, the number of our stanzas
+        it has handled (mod 2**32); ReceiveTimeout if none comes in time."""
+        self._live()
+        sm_ = self._sm
+        if sm_ is None or not sm_.enabled:
+            raise XmppError(
+                f"{self.jid}: request_ack needs stream management (xmpp_stream_management, "
+                "and a server that offers it)",
+                None,
+                self.user_id,
+            )
+        future = sm_.wait_ack()
+        sm_.request()  # while resuming: sent with the resumption
+        timeout = self.settings.reply_timeout if timeout_ms is None else timeout_ms
+        try:
+            async with asyncio.timeout(timeout / 1000.0):
+                return await future
+        except TimeoutError:
+            metrics.counter("xmpp.sm.ack_timeouts").inc()
+            raise ReceiveTimeout(
+                f"{self.jid}: no stream management ack within {timeout} ms",
+                Reason.TIMEOUT,
+                self.user_id,
+            ) from None
+        finally:
+            if sm_.waiters is not None and future in sm_.waiters:
+                sm_.waiters.remove(future)
+
+    def drop_connection(self) -> None:
+        """Abort the TCP connection without closing the stream, as a network failure would
+        (the server sees a reset): with resumption the client resumes, else the session
+        ends (ConnectionLost)."""
+        transport = self._transport
+        if transport is not None:
+            transport.abort()
+
+    def _enable_answer(self, answer: Element) -> None:
+        sm_ = self._sm
+        if answer.tag == sm.ENABLED and sm_ is not None and self._transport is not None:
+            sm_.enabled_by(answer, self._transport)
+            metrics.counter("xmpp.sm.enabled").inc()
+            if sm_.resume and not sm_.resumable:
+                metrics.counter("xmpp.sm.resume_unavailable").inc()
+                sm.say_once(
+                    "no-resume",
+                    "xmpp_stream_management = 'resume' but the server at %s:%s enabled stream "
+                    "management without resumption (counted in xmpp.sm.resume_unavailable)",
+                    self.settings.host,
+                    self.settings.port,
+                )
+            return self._session_ready()
+        if answer.tag == sm.FAILED:
+            metrics.counter("xmpp.sm.enable_failed").inc()
+            sm.say_once(
+                "enable-failed",
+                "the server at %s:%s refused to enable stream management (%s): sessions go "
+                "on without it (counted in xmpp.sm.enable_failed)",
+                self.settings.host,
+                self.settings.port,
+                sm.failed_condition(answer),
+            )
+            self._sm_off()
+            return self._session_ready()
+        return self._unexpected(answer)
+
+    def _sm_off(self) -> None:
+        """Go on without stream management; what was kept for it is written as it is."""
+        sm_, self._sm = self._sm, None
+        if sm_ is not None:
+            kept = sm_.close(XmppError(f"{self.jid}: stream management is off"))
+            if kept and self._transport is not None:
+                self._transport.write(b"".join(kept))
+
+    def _sm_ended(self) -> None:
+        """The session ended unexpectedly: what the server never acknowledged is lost."""
+        sm_ = self._sm
+        if sm_ is not None:
+            lost = self._lost or XmppError(f"{self.jid}: the session ended")
+            sm.count_lost(sm_.close(lost))
+
+    def _start_resumption(self, sm_: sm.StreamManagement, exc: Exception | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._state = State.RESUMING
+        sm_.dropped(loop.time())
+        metrics.counter("xmpp.sm.interruptions").inc()
+        log.debug("%s: connection lost (%s), resuming session %s", self.jid, exc, sm_.id)
+        sm_.task = loop.create_task(self._resume(sm_))
+
+    async def _resume(self, sm_: sm.StreamManagement) -> None:
+        """Reconnect and log in again until resumed, or until xmpp_sm_resume_timeout."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        deadline = sm_.dropped_at + s.sm_resume_timeout / 1000.0
+        delay = _RETRY_FIRST_S
+        why = "no attempt"
+        login: asyncio.Future[None] | None = None
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                self._login = login = loop.create_future()
+                self._tls = False
+                self._stream_error = ""
+                try:
+                    async with asyncio.timeout(min(remaining, s.connect_timeout / 1000.0)):
+                        await self._connect(sm_.password)
+                        await login
+                    return  # online again: the handlers did the rest
+                except LoginError as exc:
+                    why = str(exc)
+                    if exc.reason is Reason.AUTH:
+                        break  # the same password will not work better next time
+                except TimeoutError:
+                    why = "no answer within the attempt's time"
+                await self._abort_attempt()
+                wait = min(delay * random.uniform(0.5, 1.5), deadline - loop.time())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                delay = min(delay * 2, _RETRY_MAX_S)
+        finally:
+            if login is not None and self._login is login:
+                self._login = None
+            if sm_.task is asyncio.current_task():
+                sm_.task = None
+        await self._abort_attempt()
+        metrics.counter("xmpp.sm.resume_timeouts").inc()
+        self._end_session(
+            ConnectionError(
+                f"dropped, and not resumed within xmpp_sm_resume_timeout = "
+                f"{s.sm_resume_timeout} ms (last attempt: {why})"
+            )
+        )
+        self._sm_ended()
+
+    async def _abort_attempt(self) -> None:
+        """Drop a failed attempt's connection and let it report its end before the next
+        one (this client is the protocol of every connection it makes)."""
+        if self._upgrade is not None:
+            self._upgrade.cancel()
+        transport = self._transport
+        if transport is None:
+            return
+        self._closed = closed = asyncio.get_running_loop().create_future()
+        transport.abort()
+        try:
+            async with asyncio.timeout(_ABORT_WAIT_S):
+                await closed
+        except TimeoutError:
+            pass
+        finally:
+            self._closed = None
+            self._transport = None
+            self._drop_parser()
+
+    def _resume_answer(self, answer: Element) -> None:
+        sm_ = self._sm
+        if sm_ is None or self._transport is None:
+            return None
+        if answer.tag == sm.RESUMED:
+            try:
+                h = sm.read_h(answer)
+            except ValueError as exc:
+                return self._protocol_error("undefined-condition", str(exc))
+            self._step = LeanClient._online_sm
+            resent = sm_.resumed_by(h, self._transport)
+            metrics.counter("xmpp.sm.resumed").inc()
+            if resent:
+                metrics.counter("xmpp.sm.resent").inc(resent)
+            elapsed = (asyncio.get_running_loop().time() - sm_.dropped_at) * 1000.0
+            metrics.histogram("xmpp.sm.resume_time_ms").record(elapsed)
+            log.debug("%s: resumed after %.0f ms, %d resent", self.jid, elapsed, resent)
+            self._forget_secrets()
+            return self._back_online()
+        if answer.tag == sm.FAILED:
+            try:  # XEP-0198 1.6: the server may say what it got of the old session
+                known: int | None = sm.read_h(answer) if answer.get("h") else None
+            except ValueError:
+                known = None
+            self._resume_refused(known, sm.failed_condition(answer))
+            return self._send_bind()  # a new session, with stream management enabled again
+        return self._unexpected(answer)
+
+    def _resume_refused(self, h: int | None, why: str) -> None:
+        """The server cannot resume (session expired, unknown): count what is lost."""
+        sm_ = self._sm
+        assert sm_ is not None
+        lost = sm_.refused(h, _PRESENCE_TEXT if self._echoed else None)
+        sm.count_lost(lost)
+        metrics.counter("xmpp.sm.resume_failed").inc()
+        log.debug("%s: resumption refused (%s): %d stanzas lost", self.jid, why, len(lost))
+
+    def _back_online(self) -> None:
+        """A resumption is over: the stream is up again (resumed, or a new session)."""
+        self._state = State.ONLINE
+        login, self._login = self._login, None
+        if login is not None and not login.done():
+            login.set_result(None)
 
     # -- closing ----------------------------------------------------------------------------
 
     async def _close_stream(self) -> None:
         transport = self._transport
+        if self._sm is not None and self._sm.task is not None:
+            return  # stopped while resuming: no stream to close, the teardown aborts
         if transport is not None:
             self._closed = closed = asyncio.get_running_loop().create_future()
             transport.write(_CLOSE)
@@ -574,6 +891,11 @@ class LeanClient(ClientBase, asyncio.Protocol):
         self._forget_secrets()
         if self._upgrade is not None:
             self._upgrade.cancel()
+        sm_ = self._sm
+        if sm_ is not None:
+            if sm_.task is not None:
+                sm_.task.cancel()
+            sm_.close(XmppError(f"{self.jid}: the client was stopped", None, self.user_id))
         transport, self._transport = self._transport, None
         self._drop_parser()
         if transport is not None:

@@ -84,6 +84,14 @@ class Session(Protocol):
     ) -> Element:
         """Send an IQ request; its result, or IqError / ReceiveTimeout (timed per kind)."""
 
+    @property
+    def unacked(self) -> int:
+        """Stanzas sent that the server has not acknowledged (XEP-0198; 0 without it)."""
+
+    def drop_connection(self) -> None:
+        """Abort the TCP connection without closing the stream: a simulated network failure
+        (with xmpp_stream_management = "resume" the lean client resumes)."""
+
     async def stop(self) -> None:
         """Close the stream cleanly; safe to call twice."""
 

@@ -31,6 +31,10 @@ SASL_MECHANISMS = (
 CLIENTS = ("lean", "slixmpp")
 SUBSCRIPTION_POLICIES = ("accept", "refuse", "ignore")
 DEFAULT_CLIENT = "lean"
+# XEP-0198 stream management: False, True (acks only) or "resume" (acks and resumption).
+STREAM_RESUME = "resume"
+SM_ACK_EVERY_MAX = 10_000
+SM_RESUME_TIMEOUT_MAX = 600_000
 
 
 def _text(value: Any) -> str:
@@ -85,6 +89,36 @@ def _subscriptions(value: Any) -> str:
     return policy
 
 
+def _stream_management(value: Any) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "false"):
+            return word == "true"
+        if word == STREAM_RESUME:
+            return STREAM_RESUME
+    raise ValueError(f'must be false, true (acks) or "{STREAM_RESUME}" (acks and resumption)')
+
+
+def _ack_every(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected a number of stanzas, got {value!r}")
+    if not 1 <= value <= SM_ACK_EVERY_MAX:
+        raise ValueError(f"must be between 1 and {SM_ACK_EVERY_MAX} stanzas")
+    return value
+
+
+def _resume_timeout(value: Any) -> float | int:
+    ms = _positive_ms(value)
+    if ms > SM_RESUME_TIMEOUT_MAX:
+        raise ValueError(
+            f"must be at most {SM_RESUME_TIMEOUT_MAX} ms (servers keep a dropped session "
+            "for 300 s (ejabberd) to 600 s (Prosody) at most)"
+        )
+    return ms
+
+
 def _positive_ms(value: Any) -> float | int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected milliseconds as a number, got {type(value).__name__}")
@@ -131,6 +165,25 @@ PARAMETERS: list[Param] = [
         "client implementation: lean (asyncio Protocol + expat) or slixmpp",
         _client,
     ),
+    param(
+        "xmpp_stream_management",
+        False,
+        'XEP-0198 (lean client): false, true (acks) or "resume" (acks, and resumption '
+        "after a dropped connection)",
+        _stream_management,
+    ),
+    param(
+        "xmpp_sm_ack_every",
+        10,
+        "with stream management: ask the server for an ack after this many stanzas sent",
+        _ack_every,
+    ),
+    param(
+        "xmpp_sm_resume_timeout",
+        30_000,
+        "ms allowed to reconnect and resume after a dropped connection (at most 600000)",
+        _resume_timeout,
+    ),
 ]
 
 _BY_SHORT_NAME = {p.name.removeprefix("xmpp_"): p for p in PARAMETERS}
@@ -156,6 +209,9 @@ class Settings:
     stanza_buffer: int = 32
     subscription_requests: str = "accept"
     client: str = DEFAULT_CLIENT
+    stream_management: bool | str = False
+    sm_ack_every: int = 10
+    sm_resume_timeout: float = 30_000
 
 
 _FIELDS = {f.name for f in fields(Settings)}
