@@ -17,7 +17,8 @@ comes back empty, or `max_pages` pages were read (then `complete` is False).
 
 ejabberd 23.01 and Prosody 0.12 both speak urn:xmpp:mam:2 and archive both directions of a
 chat in each user's archive. Prosody answers an unknown RSM id with item-not-found (an
-`IqError`); ejabberd 23.01 (mnesia) ignores it and answers from the start of the archive.
+`IqError`); ejabberd 23.01 (mnesia) does not check it: its ids are microsecond timestamps,
+compared by position, and a non-numeric one gives an empty, complete page.
 Prosody stamps archived messages to the second, ejabberd to the microsecond.
 
 Metrics: histogram xmpp.mam.lookup_time_ms (a whole lookup, every page), counters

@@ -9,6 +9,8 @@ on either client.
     roster.presence(client, to=bob, show="chat")         # directed
     await roster.remove(client, bob)                     # the item and both subscriptions
     later = await roster.get(client, mine)               # versioned: "unchanged" costs no items
+    live = await roster.follow(client)                   # kept up to date by roster pushes
+    await live.refresh(); live.roster; live.close()
 
 Servers send roster pushes and answers to subscription requests only to "interested"
 resources, the ones that asked for the roster (RFC 6121 §2.1.6; Prosody holds to it, ejabberd
@@ -18,6 +20,8 @@ Roster versioning (RFC 6121 §2.6): `get` asks with `ver` (the empty string the 
 when the server's answer carries a version, a later `get(client, known)` sends it, and a
 server with nothing new answers with an empty result (`Roster.unchanged`, the items of
 `known`). A server that does not version answers in full every time (`version` None).
+A cache that only trusts versions can go stale (Prosody 0.12 says version "1" for an empty
+roster and again after the first change): `follow` applies the pushes as well.
 
 Incoming subscription requests are answered by the client as `xmpp_subscription_requests`
 says (accept, refuse, ignore); with "ignore", `approve` and `cancel` answer them here.
@@ -176,6 +180,67 @@ async def remove(
             return False
         raise
     return True
+
+
+class Live:
+    """A roster kept up to date by the server's roster pushes (RFC 6121 §2.1.6), refreshed
+    with versioned gets; `close()` when done. Make one with `follow`."""
+
+    __slots__ = ("_ref", "client", "roster", "versioning")
+
+    def __init__(self, client: Session, versioning: bool = True) -> None:
+        self.client = client
+        self.versioning = versioning
+        self.roster = Roster()
+        self._ref = client.add_handler(pushed(), self._on_push)
+
+    def _on_push(self, element: Element) -> None:
+        sender = element.attrs.get("from")
+        if sender and bare(sender) not in (bare(self.client.jid), self.client.settings.domain):
+            return None  # not from our server: not a push (the client refuses it)
+        items = dict(self.roster.items)
+        for item in pushed_items(element):
+            if item.subscription == "remove":
+                items.pop(item.jid, None)
+            else:
+                items[item.jid] = item
+        query = element.find(_QUERY)
+        version = query.attrs.get("ver") if query is not None else None
+        self.roster = Roster(items, version if version is not None else self.roster.version)
+        return None  # the client still answers the push
+
+    async def refresh(self, timeout_ms: float | None = None) -> Roster:
+        """Ask the server (with the version held); the roster, pushes included."""
+        known = self.roster if self.roster.version is not None or self.roster.items else None
+        got = await get(self.client, known, versioning=self.versioning, timeout_ms=timeout_ms)
+        self.roster = (
+            got
+            if not got.unchanged
+            else Roster(self.roster.items, self.roster.version, unchanged=True)
+        )
+        return self.roster
+
+    def close(self) -> None:
+        """Stop following the pushes."""
+        self.client.remove_handler(self._ref)
+
+
+async def follow(
+    client: Session, *, versioning: bool = True, timeout_ms: float | None = None
+) -> Live:
+    """Get the roster and keep it up to date from the pushes that follow (`Live.roster`).
+
+    Prosody 0.12 reports version "1" for an empty roster and again after the first change,
+    so a versioned get may answer "unchanged" when something did change: following the
+    pushes keeps the roster right regardless.
+    """
+    live = Live(client, versioning)
+    try:
+        await live.refresh(timeout_ms)
+    except BaseException:
+        live.close()
+        raise
+    return live
 
 
 # -- subscriptions --------------------------------------------------------------------------

@@ -166,6 +166,35 @@ def test_add_sends_name_and_groups_and_remove_tolerates_a_missing_item() -> None
     asyncio.run(run())
 
 
+def test_a_live_roster_follows_the_pushes_between_versioned_gets() -> None:
+    async def run() -> None:
+        client, peer = online(versioning_server)
+        live = await roster.follow(client)
+        assert len(live.roster) == 2 and live.roster.version == "v7"
+        client._online(
+            to_element(
+                f"<iq type='set' id='p1'><query xmlns='{ROSTER}' ver='v7'>"
+                f"<item jid='dave@localhost' subscription='to'/>"
+                f"<item jid='{BOB}' subscription='remove'/></query></iq>"
+            )
+        )
+        client._online(
+            to_element(
+                f"<iq type='set' id='p2' from='mallory@localhost'><query xmlns='{ROSTER}'>"
+                "<item jid='eve@localhost'/></query></iq>"
+            )
+        )  # not from our server: not a push
+        assert sorted(live.roster.items) == ["carol@localhost", "dave@localhost"]
+        assert peer.sent[-2].get("id") == "p1" and peer.sent[-2].get("type") == "result"
+        refreshed = await live.refresh()  # v7 again: unchanged, the pushes kept
+        assert refreshed.unchanged and sorted(refreshed.items) == sorted(live.roster.items)
+        assert "dave@localhost" in refreshed
+        live.close()
+        assert not client._handlers
+
+    asyncio.run(run())
+
+
 def test_pushes_are_recognised_with_their_items() -> None:
     push = to_element(f"<iq type='set' id='p'><query xmlns='{ROSTER}'>{ITEMS}</query></iq>")
     assert roster.pushed()(push) and roster.pushed(BOB)(push)
