@@ -18,11 +18,18 @@ import logging
 from typing import NoReturn, Self
 
 from amoc import metrics
+from amoc.xmpp import addressing
 from amoc.xmpp.errors import ConnectionLost, LoginError, Reason, XmppError
 from amoc.xmpp.router import Router
 from amoc.xmpp.settings import Settings
 
 log = logging.getLogger("amoc.xmpp")
+
+
+# Why a login may be tried again (xmpp_connect_attempts): no connection was made.
+RETRIED = frozenset(
+    {Reason.REFUSED, Reason.CONNECTION_ERROR, Reason.TIMEOUT, Reason.TLS, Reason.CLOSED}
+)
 
 
 class State(enum.Enum):
@@ -95,8 +102,12 @@ class ClientBase(Router):
     async def _connect(self, password: str) -> None:
         raise NotImplementedError
 
-    async def _open(self, password: str) -> None:
-        """Log in within xmpp_connect_timeout; count the outcome; LoginError if it fails."""
+    async def _open(self, password: str, last: bool = True) -> None:
+        """Log in within xmpp_connect_timeout; count the outcome; LoginError if it fails.
+
+        Not the `last` attempt: a connection that could not be made counts as a retry
+        (`xmpp.connections.retries`), not as a failed login.
+        """
         s = self.settings
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -112,10 +123,12 @@ class ClientBase(Router):
             raise self._login_failed(
                 Reason.TIMEOUT,
                 f"no session within xmpp_connect_timeout = {s.connect_timeout} ms ({stage})",
+                last,
             ) from None
         except LoginError as exc:
             self._teardown()
-            raise self._login_failed(exc.reason or Reason.CONNECTION_ERROR, str(exc)) from None
+            reason = exc.reason or Reason.CONNECTION_ERROR
+            raise self._login_failed(reason, str(exc), last) from None
         except BaseException:
             self._teardown()
             raise
@@ -127,13 +140,18 @@ class ClientBase(Router):
         metrics.gauge("xmpp.connected").inc()
         metrics.histogram("xmpp.login_time_ms").record((loop.time() - started) * 1000.0)
 
-    def _login_failed(self, reason: Reason, detail: str) -> LoginError:
+    def _login_failed(self, reason: Reason, detail: str, last: bool = True) -> LoginError:
         s = self.settings
+        where = addressing.endpoint(s, self.user_id).url
+        message = f"login of {self.jid} at {where} failed ({reason.value}): {detail}"
+        if not last and not self._tcp and reason in RETRIED:
+            metrics.counter("xmpp.connections.retries").inc()
+            log.debug("%s; retrying", message)
+            return LoginError(message, reason, self.user_id)
         metrics.counter("xmpp.logins.failed").inc()
         metrics.counter(f"xmpp.logins.failed.{reason.value}").inc()
         if not self._tcp:
             metrics.counter("xmpp.connections.failed").inc()
-        message = f"login of {self.jid} at {s.host}:{s.port} failed ({reason.value}): {detail}"
         log.debug(message)
         return LoginError(message, reason, self.user_id)
 

@@ -52,6 +52,20 @@ class Client(ClientBase):
                 Reason.NOT_SUPPORTED,
                 user_id,
             )
+        if any(t != "tcp" for t in config.transport):
+            raise NotSupported(
+                f"xmpp_transport = {list(config.transport)!r}: WebSocket and BOSH need the "
+                "lean client: set xmpp_client = 'lean'",
+                Reason.NOT_SUPPORTED,
+                user_id,
+            )
+        if config.tls_server_name and config.tls_server_name != config.domain:
+            raise NotSupported(
+                "xmpp_tls_server_name (a certificate name other than xmpp_domain) needs the "
+                "lean client: set xmpp_client = 'lean'",
+                Reason.NOT_SUPPORTED,
+                user_id,
+            )
         super().__init__(user_id, config, username)
         self.xmpp: ClientXMPP | None = None
         self._echoed = False
@@ -66,16 +80,16 @@ class Client(ClientBase):
             password,
             plugin_config={
                 "feature_mechanisms": {
-                    "unencrypted_plain": not s.tls,
-                    "unencrypted_scram": not s.tls,
+                    "unencrypted_plain": not s.encrypted,
+                    "unencrypted_scram": not s.encrypted,
                 }
             },
             sasl_mech=None if s.sasl == "AUTO" else s.sasl,
-            ssl_context=shared_context(s.tls_verify),
+            ssl_context=shared_context(s.tls_verify, s.tls_ca_file),
         )
-        xmpp.enable_direct_tls = False
-        xmpp.enable_starttls = s.tls
-        xmpp.enable_plaintext = not s.tls
+        xmpp.enable_direct_tls = s.tls == "direct"
+        xmpp.enable_starttls = s.tls == "starttls"
+        xmpp.enable_plaintext = s.tls == "none"
         for event, handler in (
             ("connected", self._on_connected),
             ("connection_failed", self._on_connection_failed),
@@ -119,7 +133,7 @@ class Client(ClientBase):
         )
 
     def _on_no_auth(self, _event: Any) -> None:
-        hint = "" if self.settings.tls else " (does the server require STARTTLS? set xmpp_tls)"
+        hint = "" if self.settings.encrypted else " (does the server require TLS? set xmpp_tls)"
         self._fail_login(Reason.NO_MECHANISM, f"the server offers no usable SASL mechanism{hint}")
 
     def _on_stream_negotiated(self, _event: Any) -> None:
@@ -130,8 +144,8 @@ class Client(ClientBase):
     def _on_invalid_certificate(self, error: Any) -> None:
         self._fail_login(
             Reason.TLS,
-            f"the server certificate is not trusted ({error}); "
-            "set xmpp_tls_verify = false for a test server",
+            f"the server certificate is not trusted ({error}): set xmpp_tls_ca_file to the "
+            "CA (or the test server's certificate), or xmpp_tls_verify = false for a test server",
         )
 
     def _on_stream_error(self, error: Any) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
 import functools
 import logging
 import random
@@ -36,13 +37,14 @@ from typing import cast
 from xml.sax.saxutils import escape, quoteattr
 
 from amoc import metrics
-from amoc.xmpp import naming, scram, sm, stamp, stanza
+from amoc.xmpp import addressing, bosh, naming, scram, sm, stamp, stanza
 from amoc.xmpp.base import ClientBase, State
 from amoc.xmpp.errors import LoginError, Reason, ReceiveTimeout, XmppError
 from amoc.xmpp.parser import STREAMS_NS, Element, StreamParser, XmlError
 from amoc.xmpp.router import stanza_error
 from amoc.xmpp.settings import STREAM_RESUME, Settings
 from amoc.xmpp.tls import shared_context
+from amoc.xmpp.websocket import WebSocketLink
 
 log = logging.getLogger("amoc.xmpp")
 
@@ -93,6 +95,18 @@ def _header(domain: str) -> bytes:
     ).encode()
 
 
+def _itself(client: LeanClient) -> LeanClient:
+    return client
+
+
+def _untrusted(exc: ssl.SSLCertVerificationError, name: str) -> str:
+    return (
+        f"the server certificate is not trusted for {name!r} ({exc.verify_message}): set "
+        "xmpp_tls_ca_file to the CA (or the test server's certificate), xmpp_tls_server_name "
+        "to the name it carries, or xmpp_tls_verify = false for a test server"
+    )
+
+
 def _local(tag: str) -> str:
     """'ns local' -> 'local'."""
     return tag.rpartition(" ")[2]
@@ -117,6 +131,7 @@ class LeanClient(ClientBase, asyncio.Protocol):
         "_closed",
         "_echoed",
         "_features",
+        "_framed",
         "_parser",
         "_password",
         "_register",
@@ -139,6 +154,7 @@ class LeanClient(ClientBase, asyncio.Protocol):
         self.mechanism = ""  # the SASL mechanism used
         self._closed: asyncio.Future[None] | None = None
         self._echoed = False
+        self._framed = False  # over WebSocket or BOSH: no STARTTLS, the URL says TLS
         self._features: Element | None = None  # the stream features kept while registering
         self._registering_since = 0.0
         self._transport: asyncio.Transport | None = None
@@ -161,15 +177,59 @@ class LeanClient(ClientBase, asyncio.Protocol):
     async def _connect(self, password: str) -> None:
         s = self.settings
         self._password = password  # until logged in or torn down
+        ep = addressing.endpoint(s, self.user_id)
+        protocol: Callable[[], asyncio.Protocol]
+        if ep.kind == "tcp":
+            direct = s.tls == "direct"  # XEP-0368: TLS from the first byte, then the stream
+            protocol = functools.partial(_itself, self)
+        elif ep.kind == "websocket":
+            direct = ep.tls  # wss://
+            protocol = functools.partial(WebSocketLink, self, f"{ep.host}:{ep.port}", ep.path)
+        else:  # BOSH: HTTP requests, not one connection
+            self._tls = ep.tls
+            self._framed = True
+            await bosh.open_link(self, ep, s)
+            return
+        self._tls = direct
+        self._framed = ep.kind != "tcp"
         try:
-            await asyncio.get_running_loop().create_connection(lambda: self, s.host, s.port)
+            await asyncio.get_running_loop().create_connection(
+                protocol,
+                ep.host,
+                ep.port,
+                ssl=shared_context(s.tls_verify, s.tls_ca_file) if direct else None,
+                server_hostname=s.tls_name if direct else None,
+                local_addr=addressing.source_address(s.source_addresses),
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise LoginError(_untrusted(exc, s.tls_name), Reason.TLS) from None
+        except ssl.SSLError as exc:
+            raise LoginError(
+                f"TLS handshake failed: {exc} (is {s.host}:{s.port} a direct-TLS port? "
+                "xmpp_tls = starttls is for the plain client port)",
+                Reason.TLS,
+            ) from None
         except ConnectionRefusedError:
             raise LoginError(
                 "connection refused: is the XMPP server running on that host and port?",
                 Reason.REFUSED,
             ) from None
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                hint = (
+                    "the local ports of the source address ran out: give more addresses in "
+                    "xmpp_source_addresses (e.g. '127.0.0.2/30' on loopback), or more servers"
+                    if not s.source_addresses
+                    else "a source address of xmpp_source_addresses is not on this host, or "
+                    "its local ports ran out: add addresses"
+                )
+                raise LoginError(
+                    f"cannot connect: {exc} ({hint})", Reason.CONNECTION_ERROR
+                ) from None
             raise LoginError(f"cannot connect: {exc}", Reason.CONNECTION_ERROR) from None
+
+    def _link_refused(self, detail: str) -> None:
+        self._fail_login(Reason.CONNECTION_ERROR, detail)
 
     def _forget_secrets(self) -> None:
         self._password = ""
@@ -191,10 +251,10 @@ class LeanClient(ClientBase, asyncio.Protocol):
     def _sasl_features(self, features: Element) -> None:
         if features.tag != _FEATURES:
             return self._unexpected(features)
-        if self.settings.tls and not self._tls:
+        if self.settings.tls == "starttls" and not self._tls and not self._framed:
             if features.find(_STARTTLS) is None:
                 return self._fail_login(
-                    Reason.TLS, "xmpp_tls is set but the server does not offer STARTTLS"
+                    Reason.TLS, "xmpp_tls = starttls but the server does not offer STARTTLS"
                 )
             self._write(f"<starttls xmlns='{_TLS}'/>".encode())
             self._step = LeanClient._tls_answer
@@ -216,8 +276,7 @@ class LeanClient(ClientBase, asyncio.Protocol):
                 self._password,
                 mech,
                 binding=binding if mech.endswith("-PLUS") else None,
-                binding_supported=binding is not None
-                and any(m.endswith("-PLUS") for m in offered),
+                binding_supported=binding is not None and any(m.endswith("-PLUS") for m in offered),
             )
             initial = self._scram.client_first()
         self._write(
@@ -312,14 +371,13 @@ class LeanClient(ClientBase, asyncio.Protocol):
             return
         try:
             tls = await asyncio.get_running_loop().start_tls(
-                transport, self, shared_context(s.tls_verify), server_hostname=s.domain
+                transport,
+                self,
+                shared_context(s.tls_verify, s.tls_ca_file),
+                server_hostname=s.tls_name,
             )
         except ssl.SSLCertVerificationError as exc:
-            self._fail_login(
-                Reason.TLS,
-                f"the server certificate is not trusted ({exc.verify_message}); "
-                "set xmpp_tls_verify = false for a test server",
-            )
+            self._fail_login(Reason.TLS, _untrusted(exc, s.tls_name))
         except (ssl.SSLError, OSError) as exc:
             self._fail_login(Reason.TLS, f"TLS handshake failed: {exc}")
         else:

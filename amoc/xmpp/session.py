@@ -9,6 +9,8 @@ and raise the same errors, so a scenario switches with one setting:
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 import weakref
 from collections.abc import Callable, Hashable
@@ -16,8 +18,9 @@ from typing import Any, Protocol
 from xml.etree import ElementTree as ET
 
 from amoc.config import Config, amoc_config
-from amoc.xmpp import client, lean, naming
-from amoc.xmpp.errors import NotSupported
+from amoc.xmpp import addressing, client, lean, naming
+from amoc.xmpp.base import RETRIED
+from amoc.xmpp.errors import LoginError, NotSupported
 from amoc.xmpp.inbox import Message
 from amoc.xmpp.parser import Element
 from amoc.xmpp.pred import Pred
@@ -141,13 +144,30 @@ async def connect(
     in-band first (XEP-0077, lean client only). Raises `LoginError` with a `reason`.
     """
     s = _settings(config, overrides)
-    if s.client == "lean":
-        return await lean.connect(user_id, s, username, password, register)
-    if register:
+    if register and s.client != "lean":
         raise NotSupported(
             "in-band registration (connect(register=True)) needs the lean client: "
             "set xmpp_client = 'lean'"
         )
-    slix = client.Client(user_id, s, username or naming.username(user_id, s))
-    await slix._open(naming.password(user_id, s) if password is None else password)
-    return slix
+    name = username or naming.username(user_id, s)
+    secret = naming.password(user_id, s) if password is None else password
+    attempts = s.connect_attempts
+    for attempt in range(attempts):
+        last = attempt == attempts - 1
+        where = addressing.target(s, user_id, attempt)
+        session: lean.LeanClient | client.Client
+        if s.client == "lean":
+            session = lean.LeanClient(user_id, where, name)
+            session._register = register
+        else:
+            session = client.Client(user_id, where, name)
+        try:
+            await session._open(secret, last)
+        except LoginError as exc:
+            if last or exc.reason not in RETRIED or session._tcp:
+                raise
+            # Backoff before the next attempt (to the next server of xmpp_servers).
+            await asyncio.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+            continue
+        return session
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -13,6 +13,14 @@ from typing import Any
 
 from amoc.config import Config, Param, amoc_config, non_negative_int, param
 from amoc.errors import ConfigError
+from amoc.xmpp.addressing import (
+    check_pick,
+    check_servers,
+    check_sources,
+    check_transports,
+    check_users_file,
+)
+from amoc.xmpp.tls import check_ca_file
 
 SASL_MECHANISMS = (
     "AUTO",
@@ -30,6 +38,7 @@ SASL_MECHANISMS = (
 # login, and twice its logins/s.
 CLIENTS = ("lean", "slixmpp")
 SUBSCRIPTION_POLICIES = ("accept", "refuse", "ignore")
+TLS_MODES = ("none", "starttls", "direct")
 DEFAULT_CLIENT = "lean"
 # XEP-0198 stream management: False, True (acks only) or "resume" (acks and resumption).
 STREAM_RESUME = "resume"
@@ -66,6 +75,43 @@ def _flag(value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     raise TypeError(f"expected true or false, got {value!r}")
+
+
+def _path(value: Any) -> str:
+    path = _text(value).strip()
+    if not path.startswith("/") or any(c.isspace() for c in path):
+        raise ValueError("must be a URL path starting with '/'")
+    return path
+
+
+def _attempts(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected a number of attempts, got {value!r}")
+    if not 1 <= value <= 100:
+        raise ValueError("must be between 1 and 100")
+    return value
+
+
+def _tls_mode(value: Any) -> str:
+    if isinstance(value, bool):
+        return "starttls" if value else "none"
+    mode = _text(value).strip().lower()
+    mode = {"true": "starttls", "false": "none"}.get(mode, mode)
+    if mode not in TLS_MODES:
+        raise ValueError(f"must be one of {', '.join(TLS_MODES)} (or true / false)")
+    return mode
+
+
+def _ca_file(value: Any) -> str:
+    path = _text(value).strip()
+    return check_ca_file(path) if path else ""
+
+
+def _server_name(value: Any) -> str:
+    name = _text(value).strip()
+    if any(c.isspace() for c in name) or "/" in name or "@" in name:
+        raise ValueError("must be a host name (no spaces, '@' or '/')")
+    return name
 
 
 def _sasl(value: Any) -> str:
@@ -131,8 +177,27 @@ PARAMETERS: list[Param] = [
     param("xmpp_host", "127.0.0.1", "XMPP server address to connect to", _non_empty),
     param("xmpp_port", 5222, "XMPP client port (plain TCP, STARTTLS if xmpp_tls)", _port),
     param("xmpp_domain", "localhost", "XMPP domain of the users' JIDs", _non_empty),
-    param("xmpp_tls", False, "negotiate STARTTLS (else plain TCP, PLAIN allowed)", _flag),
-    param("xmpp_tls_verify", False, "verify the server certificate when xmpp_tls", _flag),
+    param(
+        "xmpp_tls",
+        "none",
+        "none (plain TCP), starttls, or direct (TLS from the first byte, XEP-0368, its own "
+        "port); true means starttls",
+        _tls_mode,
+    ),
+    param("xmpp_tls_verify", False, "verify the server certificate (and its name)", _flag),
+    param(
+        "xmpp_tls_ca_file",
+        "",
+        "PEM file of the CA (or self-signed certificate) to verify the server with "
+        "(empty: the system's CAs)",
+        _ca_file,
+    ),
+    param(
+        "xmpp_tls_server_name",
+        "",
+        "name the certificate must carry, also sent as SNI (empty: xmpp_domain)",
+        _server_name,
+    ),
     param(
         "xmpp_sasl",
         "AUTO",
@@ -140,6 +205,42 @@ PARAMETERS: list[Param] = [
         "or their -PLUS forms (channel binding, over TLS)",
         _sasl,
     ),
+    param(
+        "xmpp_servers",
+        (),
+        "servers to spread users over, ['host:port', ...] (empty: xmpp_host, xmpp_port)",
+        check_servers,
+    ),
+    param(
+        "xmpp_server_pick", "by_id", "how a user's server is picked from xmpp_servers", check_pick
+    ),
+    param(
+        "xmpp_connect_attempts",
+        1,
+        "connection attempts per login (each retry after a backoff, to the next server)",
+        _attempts,
+    ),
+    param(
+        "xmpp_source_addresses",
+        (),
+        "local addresses bound round-robin per connection (a list or a CIDR; empty: any)",
+        check_sources,
+    ),
+    param(
+        "xmpp_users_file",
+        "",
+        "CSV of id,username,password[,server] for accounts that are not prefix + id",
+        check_users_file,
+    ),
+    param(
+        "xmpp_transport",
+        ("tcp",),
+        "tcp, websocket, bosh, a ws(s):// or http(s):// URL, or a list of them rotated by user id",
+        check_transports,
+    ),
+    param("xmpp_http_port", 5280, "the server's HTTP port for websocket and bosh", _port),
+    param("xmpp_websocket_path", "/ws", "WebSocket path (Prosody: /xmpp-websocket)", _path),
+    param("xmpp_bosh_path", "/bosh", "BOSH path (Prosody: /http-bind)", _path),
     param("xmpp_username_prefix", "user_", "account name = prefix + user id", _text),
     param("xmpp_password_prefix", "password_", "password = prefix + user id", _text),
     param("xmpp_resource", "amoc", "resource to bind (empty: the server picks)", _text),
@@ -193,10 +294,20 @@ _BY_SHORT_NAME = {p.name.removeprefix("xmpp_"): p for p in PARAMETERS}
 class Settings:
     """Everything one connection needs, resolved and verified."""
 
+    @property
+    def tls_name(self) -> str:
+        """The name the server's certificate must carry (and SNI)."""
+        return self.tls_server_name or self.domain
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the connection is to be encrypted (STARTTLS or direct TLS)."""
+        return self.tls != "none"
+
     host: str
     port: int
     domain: str
-    tls: bool
+    tls: str  # "none", "starttls" or "direct"
     tls_verify: bool
     sasl: str
     username_prefix: str
@@ -206,6 +317,17 @@ class Settings:
     reply_timeout: float
     stop_timeout: float
     inbox_size: int
+    tls_ca_file: str = ""
+    tls_server_name: str = ""
+    servers: tuple[str, ...] = ()
+    server_pick: str = "by_id"
+    connect_attempts: int = 1
+    source_addresses: tuple[str, ...] = ()
+    users_file: str = ""
+    transport: tuple[str, ...] = ("tcp",)
+    http_port: int = 5280
+    websocket_path: str = "/ws"
+    bosh_path: str = "/bosh"
     stanza_buffer: int = 32
     subscription_requests: str = "accept"
     client: str = DEFAULT_CLIENT

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -53,8 +52,11 @@ async def test_a_rate_is_held_evenly_and_never_exceeded() -> None:
     throttle.start("t", 1200)  # 1200 per minute: 20 per second, one every 50 ms
     times = await releases("t", 100, 1.0)
     assert 19 <= len(times) <= 21
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) > 0.045  # no bursts
+    # No bursts: the throttle keeps its cadence through a loop stall, so the release after a
+    # late one may follow it closely, but never do three releases come within one spacing
+    # (a stall longer than a spacing restarts the cadence instead of catching up).
+    spans = [c - a for a, c in zip(times, times[2:], strict=False)]
+    assert min(spans) > 0.045
 
 
 async def test_the_share_divides_the_rate_and_changes_apply_at_once() -> None:

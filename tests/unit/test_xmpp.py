@@ -75,7 +75,7 @@ def test_defaults() -> None:
         "127.0.0.1",
         5222,
         "localhost",
-        False,
+        "none",
         "AUTO",
     )
     assert s.connect_timeout == 10_000
@@ -83,7 +83,19 @@ def test_defaults() -> None:
 
 def test_environment_values_are_verified_and_normalised() -> None:
     s = defaults(xmpp_port="5223", xmpp_sasl="'scram-sha-1'", xmpp_tls="True")
-    assert (s.port, s.sasl, s.tls) == (5223, "SCRAM-SHA-1", True)
+    assert (s.port, s.sasl, s.tls) == (5223, "SCRAM-SHA-1", "starttls")
+    assert defaults(xmpp_tls="'Direct'").tls == "direct"
+
+
+def test_tls_names_and_ca_files_are_checked_before_any_connection(tmp_path: Path) -> None:
+    s = defaults(xmpp_tls="'starttls'", xmpp_tls_server_name="'xmpp.example.net'")
+    assert (s.tls_name, s.encrypted) == ("xmpp.example.net", True)
+    assert defaults().tls_name == "localhost" and not defaults().encrypted
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    for path, why in ((tmp_path / "missing.pem", "no such file"), (garbage, "no PEM")):
+        with pytest.raises(ConfigError, match=f"xmpp_tls_ca_file.*{why}"):
+            defaults(xmpp_tls_ca_file=repr(str(path)))
 
 
 @pytest.mark.parametrize(
@@ -93,6 +105,9 @@ def test_environment_values_are_verified_and_normalised() -> None:
         ("xmpp_port", "'5222'"),
         ("xmpp_sasl", "'DIGEST-MD5'"),
         ("xmpp_tls", "'yes'"),
+        ("xmpp_tls", "'ssl'"),
+        ("xmpp_sasl", "'SCRAM-MD5'"),
+        ("xmpp_tls_server_name", "'a b'"),
         ("xmpp_connect_timeout", "0"),
         ("xmpp_host", "''"),
         ("xmpp_domain", "'a b'"),
