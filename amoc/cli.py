@@ -185,8 +185,12 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
             return 2
         settings["interarrival"] = 1000.0 / args.rate
     expressions = list(args.fail_if or [])
-    if args.max_error_ratio is not None:
-        expressions.append(f"error_ratio <= {args.max_error_ratio}")
+    # Any failed login, error reply or lost message fails a run unless the user allows some.
+    max_errors = 0.0 if args.max_error_ratio is None else args.max_error_ratio
+    if not 0 <= max_errors <= 1:
+        print("amoc: --max-error-ratio must be between 0 and 1", file=sys.stderr)
+        return 2
+    expressions.append(f"error_ratio <= {max_errors}")
     if args.max_ttd_p99 is not None:
         expressions.append(f"xmpp.ttd_ms.p99 <= {args.max_ttd_p99}")
     try:
@@ -296,7 +300,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="COND",
         help="a condition the run must meet, e.g. 'xmpp.ttd_ms.p99 < 50' (exit 1 otherwise)",
     )
-    run.add_argument("--max-error-ratio", type=float, help="fail above this error ratio")
+    run.add_argument(
+        "--max-error-ratio",
+        type=float,
+        help="fail above this error ratio (default 0: any failed login, error reply or lost "
+        "message fails the run)",
+    )
     run.add_argument("--max-ttd-p99", type=float, help="fail above this p99 TTD (ms)")
     keys = sub.add_parser("keys", help="make the cluster's CURVE keys")
     keys.add_argument("dir", nargs="?", help="where (default: the release's keys/)")

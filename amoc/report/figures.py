@@ -21,7 +21,13 @@ COLUMNS = (
     ("errors", "errors"),
 )
 
-_ERRORS = ("users.failed", "xmpp.logins.failed", "xmpp.messages.errors", "xmpp.disconnects")
+_ERRORS = (
+    "users.failed",
+    "xmpp.logins.failed",
+    "xmpp.messages.errors",
+    "xmpp.messages.lost",
+    "xmpp.disconnects",
+)
 
 # Feature latencies shown when a run records them: (histogram, column prefix, title).
 FEATURE_HISTOGRAMS = (

@@ -67,7 +67,8 @@ def parse(text: str) -> Threshold:
 
 def error_ratio(snapshot: Mapping[str, Any]) -> float:
     """Errors / attempts: (failed runs + failed logins + error replies + IQ errors and
-    timeouts + lost connections) / (runs + logins + messages sent + IQ requests)."""
+    timeouts + lost messages + lost connections) / (runs + logins + messages sent + IQ
+    requests)."""
     counters = snapshot.get("counters", {})
     attempts = sum(
         counters.get(n, 0)

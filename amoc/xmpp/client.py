@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -28,6 +29,10 @@ from amoc.xmpp.settings import Settings, settings
 from amoc.xmpp.tls import shared_context
 
 log = logging.getLogger("amoc.xmpp")
+# slixmpp logs its own warnings and tracebacks for what this client reports once, with its
+# reason ("No appropriate login method", certificate chains, connection errors): keep them
+# off the console. AMOC_SLIXMPP_LOG=DEBUG (or INFO, WARNING) brings them back.
+logging.getLogger("slixmpp").setLevel(os.environ.get("AMOC_SLIXMPP_LOG", "CRITICAL").upper())
 
 _PRESENCE_TAG = "{jabber:client}presence"
 
@@ -128,7 +133,8 @@ class Client(ClientBase):
         condition = failure["condition"] or "failure"
         self._fail_login(
             Reason.AUTH,
-            f"the server refused {self.settings.sasl} authentication: {condition} "
+            f"the server refused {self.settings.sasl.replace('AUTO', 'SASL')} authentication: "
+            f"{condition} "
             "(wrong password, or the user is not registered)",
         )
 

@@ -11,6 +11,7 @@ class Reason(enum.StrEnum):
     """Why a login failed or a session ended; also the suffix of the per-reason counters."""
 
     AUTH = "auth"  # SASL failure (wrong password, unknown user): not-authorized
+    UNKNOWN_USER = "unknown_user"  # SASL refused before any proof: no such account
     NO_MECHANISM = "no_mechanism"  # no acceptable SASL mechanism offered (TLS needed?)
     TLS = "tls"  # STARTTLS failed: certificate not trusted, handshake error
     REFUSED = "refused"  # TCP connection refused: nothing listens on host:port

@@ -432,10 +432,19 @@ class LeanClient(ClientBase, asyncio.Protocol):
         if tag == _FAILURE:
             condition, text = _condition(answer, _SASL)
             why = f"{condition} ({text})" if text else condition
+            mech = self._scram_name()
+            if self._scram is not None and not self._scram.answered:
+                # Refused before the proof: the server found no such account (Prosody
+                # does that; ejabberd answers every unknown user with a fake salt).
+                return self._fail_login(
+                    Reason.UNKNOWN_USER,
+                    f"the server refused {mech} for {self.username} before any proof: {why} "
+                    "(the user is not registered)",
+                )
+            hint = "wrong password" if self._scram is not None else "wrong password, or the "
+            hint += "" if self._scram is not None else "user is not registered"
             return self._fail_login(
-                Reason.AUTH,
-                f"the server refused {self._scram_name()} authentication: {why} "
-                "(wrong password, or the user is not registered)",
+                Reason.AUTH, f"the server refused {mech} authentication: {why} ({hint})"
             )
         return self._unexpected(answer)
 
@@ -446,7 +455,9 @@ class LeanClient(ClientBase, asyncio.Protocol):
 
     def _salted(self, server_first: bytes, work: asyncio.Future[bytes]) -> None:
         """The PBKDF2 of the executor is done (and cached): answer the challenge."""
-        if work.cancelled() or self._state is not State.LOGGING_IN or self._scram is None:
+        if work.cancelled() or self._scram is None:
+            return
+        if self._state is not State.LOGGING_IN and self._state is not State.RESUMING:
             return
         try:
             work.result()
