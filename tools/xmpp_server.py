@@ -4,7 +4,7 @@ stop, remove.
 
     tools/xmpp_server.py install [--kind prosody]    # Debian's package, if missing
     tools/xmpp_server.py start [--kind ejabberd|prosody] [--port 5222] [--http-port 5280]
-                               [--name amoc] [--tls [--tls-port 5223]] [--scram]
+                               [--name amoc] [--tls [--tls-port 5223]] [--scram] [--no-mam]
     tools/xmpp_server.py register --first 1 --last 10000
     tools/xmpp_server.py status | stop | remove
 
@@ -27,6 +27,8 @@ versioning, offline messages, carbons, open in-band registration, WebSocket and 
 --tls makes a self-signed certificate for the domain (kept in the instance directory) and
 requires STARTTLS on c2s; --tls-port adds a direct-TLS (XEP-0368) listener. --scram stores
 SCRAM-SHA-1 hashes instead of plain passwords (PLAIN and SCRAM-SHA-1 logins work either way).
+--no-mam leaves MAM out: archiving multiplies the server's CPU per message by 6 (Prosody) to 9
+(ejabberd, mnesia), so a benchmark of plain chat throughput wants it off.
 
 Standard library only: it runs before the project's virtual environment exists.
 """
@@ -91,6 +93,7 @@ class Instance:
     scram: bool = False  # SCRAM hashes stored, not plain passwords
     tls_port: int = 0  # direct TLS (XEP-0368) listener, 0: none
     cert: str = ""  # the self-signed certificate (PEM) clients verify with, if any
+    mam: bool = True  # every message archived (XEP-0313); costs the server 6-9x per message
 
     @property
     def path(self) -> Path:
@@ -384,10 +387,7 @@ modules:
   mod_stream_mgmt:
     resend_on_timeout: if_offline
   mod_carboncopy: {{}}
-  mod_mam:
-    db_type: mnesia
-    default: always
-  mod_muc:
+{mam}  mod_muc:
     host: "conference.@HOST@"
     access: muc
     access_create: muc_create
@@ -405,6 +405,12 @@ modules:
       - flat
       - pep
   mod_bosh: {{}}
+"""
+
+EJABBERD_MAM = """\
+  mod_mam:
+    db_type: mnesia
+    default: always
 """
 
 EJABBERD_DIRECT_TLS = """\
@@ -440,6 +446,7 @@ def ejabberd_launch(inst: Instance) -> Launch:
             starttls=str(inst.tls).lower(),
             direct_tls=direct if inst.tls_port else "",
             password_format="scram" if inst.scram else "plain",
+            mam=EJABBERD_MAM if inst.mam else "",
         )
     )
     owner = _owner("ejabberd")
@@ -599,7 +606,7 @@ modules_disabled = {{ "s2s" }}
 
 modules_enabled = {{
     "roster"; "saslauth"; "tls"; "disco"; "ping"; "carbons"; "pep"; "private";
-    "mam"; "smacks"; "register"; "offline"; "limits"; "websocket"; "bosh";
+    {mam}"smacks"; "register"; "offline"; "limits"; "websocket"; "bosh";
     "time"; "version"; "uptime"; "admin_shell";
 }}
 -- Load: Debian's default shapes each connection to 10 KiB/s.
@@ -702,6 +709,7 @@ def prosody_launch(inst: Instance) -> Launch:
             domain=q(inst.domain),
             muc_domain=q(inst.muc_domain),
             pubsub_domain=q(inst.pubsub_domain),
+            mam='"mam"; ' if inst.mam else "",
         )
     )
     argv = [binary, "--config", str(path / "prosody.cfg.lua"), "-F"]
@@ -830,17 +838,22 @@ def describe(inst: Instance) -> str:
     if inst.tls_port:
         parts.append(f"direct TLS {inst.host}:{inst.tls_port}")
     parts.append("scram storage" if inst.scram else "plain storage")
+    parts.append("MAM" if inst.mam else "no MAM")
     if inst.cert:
         parts.append(f"certificate {inst.cert}")
     return "; ".join(parts)
+
+
+def _settings(i: Instance) -> tuple[object, ...]:
+    """What `start` sets up: two instances that agree on it run the same server."""
+    return (i.kind, i.host, i.port, i.http_port, i.domain, i.tls, i.scram, i.tls_port, i.mam)
 
 
 def start(inst: Instance) -> Instance:
     """Start the instance unless it runs; wait until its ports answer."""
     saved = load(inst.name, str(inst.path.parent))
     if saved is not None and alive(saved.pid):
-        same = (saved.kind, saved.host, saved.port, saved.tls, saved.scram, saved.tls_port)
-        if same == (inst.kind, inst.host, inst.port, inst.tls, inst.scram, inst.tls_port):
+        if _settings(saved) == _settings(inst):
             print(f"{saved.kind} {saved.name!r} already runs (pid {saved.pid}): {describe(saved)}")
             return saved
         raise ServerError(
@@ -961,6 +974,8 @@ def parser() -> argparse.ArgumentParser:
                    help="start: a direct-TLS (XEP-0368) c2s port too (0: none)")  # fmt: skip
     p.add_argument("--scram", action=argparse.BooleanOptionalAction, default=None,
                    help="start: store SCRAM-SHA-1 hashes, not plain passwords")  # fmt: skip
+    p.add_argument("--mam", action=argparse.BooleanOptionalAction, default=None,
+                   help="start: archive every message (MAM; the default)")  # fmt: skip
     p.add_argument("--first", type=int, default=1, help="register: first user id")
     p.add_argument("--last", type=int, default=None, help="register: last user id")
     p.add_argument("--user-prefix", default="user_", help="register: account = prefix + id")
@@ -1008,6 +1023,7 @@ def to_start(args: argparse.Namespace, saved: Instance | None) -> Instance:
         tls=bool(_pick(args.tls, base.tls)),
         scram=bool(_pick(args.scram, base.scram)),
         tls_port=int(_pick(args.tls_port, base.tls_port)),  # type: ignore[call-overload]
+        mam=bool(_pick(args.mam, base.mam)),
     )
     if saved is not None and saved.scram and not inst.scram:
         raise ServerError(

@@ -377,7 +377,8 @@ def test_bosh_and_websocket_answer_on_the_http_port(server: XmppServer) -> None:
 
 
 def test_prosody_without_tls_takes_plain_logins_and_keeps_plain_passwords() -> None:
-    with own_server(f"pytest_prosody_plain{free_port()}", users=2, kind="prosody") as server:
+    name = f"pytest_prosody_plain{free_port()}"
+    with own_server(name, users=2, kind="prosody", mam=False) as server:
         assert not server.cert and server.state()["kind"] == "prosody"
 
         async def go() -> list[str]:
@@ -392,4 +393,8 @@ def test_prosody_without_tls_takes_plain_logins_and_keeps_plain_passwords() -> N
         out = server.tool("register", "--first", "1", "--last", "3")
         assert "registered 1 users (2 existed)" in out
         status = server.tool("status")
-        assert ": answering;" in status and "plain storage" in status
+        assert ": answering;" in status and "plain storage; no MAM" in status
+        accounts = Path(server.state()["dir"]) / "data" / "localhost" / "accounts"
+        assert (accounts / "user%5f3.dat").read_text() == (
+            'return {\n\t["password"] = "password_3";\n};\n'
+        )

@@ -43,6 +43,7 @@ class XmppServer:
     scram: bool = False  # SCRAM hashes stored instead of plain passwords
     tls_port: int = 0  # a direct-TLS (XEP-0368) c2s port too, 0: none
     cert: str = ""  # the server's self-signed certificate (PEM, verify with it) once started
+    mam: bool = True  # every message archived (off for plain throughput: MAM costs 6-9x)
 
     @property
     def muc_domain(self) -> str:
@@ -74,6 +75,7 @@ class XmppServer:
             "--http-port", str(self.http_port), "--domain", self.domain,
             "--tls" if self.tls else "--no-tls", "--tls-port", str(self.tls_port),
             "--scram" if self.scram else "--no-scram",
+            "--mam" if self.mam else "--no-mam",
         )  # fmt: skip
         self.cert = self.state().get("cert", "")
         assert bool(self.cert) == bool(self.tls or self.tls_port), out
@@ -102,14 +104,15 @@ def own_server(
     tls: bool = False,
     scram: bool = False,
     tls_port: int = 0,
+    mam: bool = True,
 ) -> Iterator[XmppServer]:
     """A server called `name` (ejabberd, or Prosody with kind="prosody") on free loopback
     ports, with users 1..`users` registered; stopped and removed at the end. `tls` requires
     STARTTLS (the certificate is in `.cert`), `scram` stores SCRAM hashes, `tls_port` adds a
-    direct-TLS port."""
+    direct-TLS port, `mam=False` leaves message archiving out."""
     server = XmppServer(
         name, "127.0.0.1", free_port(), free_port(),
-        kind=kind, tls=tls, scram=scram, tls_port=tls_port,
+        kind=kind, tls=tls, scram=scram, tls_port=tls_port, mam=mam,
     )  # fmt: skip
     server.tool("install", "--kind", kind, timeout=600)
     try:
