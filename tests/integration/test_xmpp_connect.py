@@ -276,3 +276,79 @@ def test_a_bad_users_file_is_refused_naming_the_row(
         asyncio.run(xmpp.connect(1, users_file=str(users)))
     assert expected in str(caught.value)
     assert metrics.counter("xmpp.logins.ok").value >= 0
+
+
+WEBSOCKET_PATHS = {"ejabberd_tls_server": "/ws", "prosody_server": "/xmpp-websocket"}
+
+
+@pytest.mark.parametrize("fixture", sorted(WEBSOCKET_PATHS))
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-1", "AUTO"])
+def test_websocket_logins_and_chat(
+    request: pytest.FixtureRequest, fixture: str, mechanism: str
+) -> None:
+    server: XmppServer = request.getfixturevalue(fixture)
+    first = next(_ids)
+    server.register(first, first + 1)
+    url = f"ws://{server.host}:{server.http_port}{WEBSOCKET_PATHS[fixture]}"
+
+    async def run() -> list[xmpp.Message]:
+        kw = {"transport": url, "domain": server.domain, "sasl": mechanism}
+        a = await xmpp.connect(first, **kw)
+        b = await xmpp.connect(first + 1, **kw)
+        try:
+            got = await chat(a, b, 10)
+            got += await chat(b, a, 10)
+            return got
+        finally:
+            await a.stop()
+            await b.stop()
+
+    got = asyncio.run(run())
+    assert len(got) == 20 and len({m.body for m in got}) == 20  # each message once
+
+
+def test_a_transport_list_mixes_tcp_and_websocket_by_user_id(
+    ejabberd_tls_server: XmppServer,
+) -> None:
+    server = ejabberd_tls_server
+    first = 50_001  # odd: user first goes over the first transport
+    server.register(first, first + 3)
+    ws = f"ws://{server.host}:{server.http_port}/ws"
+
+    async def run() -> tuple[list[str], list[xmpp.Message]]:
+        kw = verified(server, "starttls", transport=["tcp", ws])
+        clients = [await xmpp.connect(i, **kw) for i in range(first, first + 4)]
+        kinds = [type(c._transport).__name__ for c in clients]  # type: ignore[attr-defined]
+        got = await chat(clients[0], clients[1], 5) + await chat(clients[3], clients[2], 5)
+        for c in clients:
+            await c.stop()
+        return kinds, got
+
+    kinds, got = asyncio.run(run())
+    assert kinds[1] == kinds[3] == "WebSocketLink" and "WebSocketLink" not in (kinds[0], kinds[2])
+    assert len(got) == 10
+
+
+def test_a_wrong_websocket_path_and_bad_transports_are_clear(
+    ejabberd_tls_server: XmppServer,
+) -> None:
+    server = ejabberd_tls_server
+
+    async def run() -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await xmpp.connect(1, transport=f"ws://{server.host}:{server.http_port}/nowhere")
+        return caught.value
+
+    err = asyncio.run(run())
+    assert "HTTP 404" in str(err) and "/nowhere" in str(err)
+    for bad, why in (
+        ("smtp://host", "not a transport"),
+        ("ws://:5280/ws", "has no host"),
+        ("ws://host:99999/ws", "port must be a number"),
+        ("pigeon", "not a transport"),
+    ):
+        with pytest.raises(ConfigError, match="xmpp_transport") as caught_config:
+            asyncio.run(xmpp.connect(1, transport=bad))
+        assert why in str(caught_config.value)
+    with pytest.raises(xmpp.NotSupported, match="lean client"):
+        asyncio.run(xmpp.connect(1, transport="websocket", client="slixmpp"))
