@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.terminal import ANSI, PROMPT, Terminal, amoc
+from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -112,3 +113,21 @@ def test_a_failing_threshold_fails_the_run(release: Path, tmp_path: Path) -> Non
         "--max-ttd-p99", "5",
     )  # fmt: skip
     assert done.returncode == 1 and "xmpp.ttd_ms.p99 <= 5.0 (never recorded)" in done.stderr
+
+
+def test_a_run_whose_logins_fail_exits_1_unless_errors_are_allowed(
+    release: Path, tmp_path: Path
+) -> None:
+    nothing = str(free_port())  # no XMPP server listens there
+    args = (
+        "xmpp_one_to_one", "--users", "2", "--duration", "3", "--report", str(tmp_path),
+        "--set", f"xmpp_port={nothing}", "--set", "repeat_num=1",
+        "--set", "xmpp_connect_timeout=1000",
+    )  # fmt: skip
+    done = run(release, *args)
+    assert done.returncode == 1, done.stdout
+    assert "threshold failed: error_ratio <= 0.0" in done.stderr
+    allowed = run(release, *args, "--max-error-ratio", "1")
+    assert allowed.returncode == 0, allowed.stderr
+    bad = run(release, *args, "--max-error-ratio", "2")
+    assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
