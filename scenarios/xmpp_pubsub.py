@@ -29,14 +29,17 @@ Counts: xmpp.pubsub.items.published (items), xmpp.pubsub.items.received (items r
 all subscribers: subscribers x items when nothing is lost), xmpp.pubsub.ttd_ms (time to
 delivery per subscriber); the scenario's pubsub.expected, pubsub.received and
 pubsub.incomplete (per subscriber), pubsub.groups and pubsub.groups.partial, pubsub.unready
-(publishers that gave up waiting for a subscriber).
+(publishers that gave up waiting for a subscriber), pubsub.groups.failed (subscribers whose
+publisher could not create its node), pubsub.retries (node creations and deletions tried
+again after a transient refusal, see TRANSIENT).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -52,8 +55,13 @@ log = logging.getLogger("amoc.scenario.xmpp_pubsub")
 COORDINATOR = "xmpp_pubsub"
 SIGNAL_NS = "urn:amoc:pubsub:group"
 _SIGNAL = f"{SIGNAL_NS} group"
-READY, SUBSCRIBED, DONE = "ready", "subscribed", "done"
+READY, SUBSCRIBED, DONE, FAILED = "ready", "subscribed", "done", "failed"
 MODES = ("service", "pep")
+# ejabberd 23.01 (mnesia) aborts concurrent node creations and deletions now and then
+# (a lock cycle on its node table): "internal-server-error (Database failure)". Such
+# requests are tried again, each failure still counted in xmpp.iq.pubsub_*.errors.
+TRANSIENT = ("internal-server-error", "resource-constraint")
+ATTEMPTS = 5
 
 
 def _at_least(low: int) -> Callable[[Any], int]:
@@ -196,6 +204,19 @@ def _service_of(client: xmpp.Session) -> str | None:
     return amoc_config.get("pubsub_service") or f"pubsub.{client.settings.domain}"
 
 
+async def _again(what: Callable[[], Awaitable[None]]) -> None:
+    """Run an owner's request, again (up to ATTEMPTS times) after a transient refusal."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            await what()
+            return
+        except xmpp.IqError as exc:
+            if exc.condition not in TRANSIENT or attempt == ATTEMPTS:
+                raise
+            metrics.counter("pubsub.retries").inc()
+            await asyncio.sleep(random.uniform(0.02, 0.2) * attempt)
+
+
 async def _publish(client: xmpp.Session, node: str, subscribers: list[str]) -> None:
     loop = asyncio.get_running_loop()
     service = _service_of(client)
@@ -217,9 +238,15 @@ async def _publish(client: xmpp.Session, node: str, subscribers: list[str]) -> N
     own = pubsub.Items(client, pred.bare(client.jid), node) if service is None else None
     try:
         config = {"pubsub#access_model": "open"} if service is None else None
-        await pubsub.create_node(client, service, node, config)
         # PEP subscribers address the publisher's bare JID; they learn the node from us.
         where = service or pred.bare(client.jid)
+        try:
+            await _again(lambda: pubsub.create_node(client, service, node, config))
+        except BaseException:
+            if client.connected:  # the subscribers need not wait for a node that never comes
+                for jid in subscribers:
+                    client.send(signal(jid, FAILED, node, where))
+            raise
         for jid in subscribers:
             client.send(signal(jid, READY, node, where))
         try:
@@ -253,7 +280,7 @@ async def _publish(client: xmpp.Session, node: str, subscribers: list[str]) -> N
             )
         except xmpp.ReceiveTimeout:
             log.warning("%s: not every subscriber of %s is done; deleting it", client.jid, node)
-        await pubsub.delete_node(client, service, node)
+        await _again(lambda: pubsub.delete_node(client, service, node))
     finally:
         client.remove_handler(listening)
         if own is not None:
@@ -262,10 +289,17 @@ async def _publish(client: xmpp.Session, node: str, subscribers: list[str]) -> N
 
 async def _subscribe(client: xmpp.Session, publisher: str) -> None:
     ready_ms = amoc_config.get("ready_timeout")
-    ready = await client.wait_for(signal_of(READY, publisher), ready_ms)
+    ready = await client.wait_for(
+        signal_of(READY, publisher) | signal_of(FAILED, publisher), ready_ms
+    )
     found = ready.find(_SIGNAL)
     assert found is not None
     node = found.attrs.get("node", "")
+    if found.attrs.get("step") == FAILED:
+        metrics.counter("pubsub.groups.failed").inc()
+        raise xmpp.XmppError(
+            f"{client.jid}: publisher {publisher} could not create node {node}", None, None
+        )
     service = found.attrs.get("service") or None
     items = pubsub.Items(client, service, node)
     try:
