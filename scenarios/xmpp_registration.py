@@ -22,7 +22,8 @@ would delete those.
 
 The servers need open registration: tools/xmpp_server.py configures ejabberd (mod_register,
 `registration_timeout: infinity`) and Prosody (`allow_registration`, loopback allowlisted)
-so. Both offer registration only over TLS when STARTTLS is required: set `xmpp_tls`.
+so. Both offer registration only over TLS when STARTTLS is required: set `xmpp_tls =
+starttls`.
 
 Metrics: the xmpp.* set (xmpp.registrations.ok / .failed.<condition> / .time_ms, logins,
 xmpp.unregistrations.ok / .failed.<condition>, xmpp.iq.unregister.time_ms), the throttle's

@@ -320,7 +320,7 @@ class LeanClient(ClientBase, asyncio.Protocol):
                 return self._fail_login(
                     Reason.REGISTRATION,
                     "no in-band registration (XEP-0077) is offered before STARTTLS, which "
-                    "the server offers: set xmpp_tls = true",
+                    "the server offers: set xmpp_tls = starttls",
                 )
             return self._fail_login(
                 Reason.REGISTRATION,

@@ -22,6 +22,9 @@ pytestmark = pytest.mark.integration
 
 FIXTURES = {"ejabberd": "ejabberd_tls_server", "prosody": "prosody_server"}
 _ids = itertools.count(66_001)
+# How a login to a removed account fails: refused before the SASL proof (SCRAM on both
+# servers says so), or after it.
+GONE = (xmpp.Reason.UNKNOWN_USER, xmpp.Reason.AUTH)
 
 
 @pytest.fixture(params=sorted(FIXTURES))
@@ -42,7 +45,7 @@ def kw(server: XmppServer, **extra: Any) -> dict[str, Any]:
         "host": server.host,
         "port": server.port,
         "domain": server.domain,
-        "tls": True,
+        "tls": "starttls",
         "tls_verify": False,
         "client": "lean",
         **extra,
@@ -85,9 +88,9 @@ def test_register_conflict_unregister_and_the_errors_by_condition(server: XmppSe
 
     gone, bad_name, plain = asyncio.run(run())
     delta = {n: count(n) - before[n] for n in names}
-    assert gone.reason is xmpp.Reason.AUTH
+    assert gone.reason in GONE
     assert bad_name.reason is xmpp.Reason.REGISTRATION and refused in str(bad_name)
-    assert plain.reason is xmpp.Reason.REGISTRATION and "set xmpp_tls = true" in str(plain)
+    assert plain.reason is xmpp.Reason.REGISTRATION and "set xmpp_tls = starttls" in str(plain)
     assert delta == {
         "xmpp.registrations.ok": 1,
         "xmpp.registrations.failed.conflict": 1,
@@ -124,7 +127,7 @@ async def run_scenario(
 def scenario_settings(server: XmppServer, **extra: Any) -> dict[str, Any]:
     return {
         **server_settings(server, "lean"),
-        "xmpp_tls": True,
+        "xmpp_tls": "starttls",
         "xmpp_tls_verify": False,
         "repeat_num": 1,
         "interarrival": 0,  # the throttle paces the registrations
@@ -185,7 +188,7 @@ def test_every_registration_succeeds_logs_in_again_and_is_removed(server: XmppSe
     async def sample() -> list[xmpp.Reason | None]:
         return [await login(u) for u in (first, first + users // 2, first + users - 1)]
 
-    assert asyncio.run(sample()) == [xmpp.Reason.AUTH] * 3  # removed: a rerun starts afresh
+    assert all(r in GONE for r in asyncio.run(sample()))  # removed: a rerun starts afresh
 
 
 def test_kept_accounts_log_in_and_a_rerun_logs_in_to_them(server: XmppServer) -> None:

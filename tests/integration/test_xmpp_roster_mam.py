@@ -37,7 +37,7 @@ def kw(server: XmppServer, client: str = "lean") -> dict[str, Any]:
         "host": server.host,
         "port": server.port,
         "domain": server.domain,
-        "tls": True,
+        "tls": "starttls",
         "tls_verify": False,
         "client": client,
     }
@@ -231,7 +231,7 @@ def scenario_settings(server: XmppServer, **extra: Any) -> dict[str, Any]:
     """The runner's settings for `server` over STARTTLS, one run per user."""
     return {
         **server_settings(server, "lean"),
-        "xmpp_tls": True,
+        "xmpp_tls": "starttls",
         "xmpp_tls_verify": False,
         "repeat_num": 1,
         **extra,
