@@ -742,8 +742,9 @@ class LeanClient(ClientBase, asyncio.Protocol):
         return self._state is State.RESUMING
 
     async def request_ack(self, timeout_ms: float | None = None) -> int:
-        """Ask the server for an ack (`<r/>`) and return its h, the number of our stanzas
-        it has handled (mod 2**32); ReceiveTimeout if none comes in time."""
+        """Ask the server for an ack (`<r/>`) and return its h (the number of our stanzas it
+        has handled, mod 2**32) once it covers every stanza sent before the call;
+        ReceiveTimeout if that does not come in time."""
         self._live()
         sm_ = self._sm
         if sm_ is None or not sm_.enabled:
@@ -767,8 +768,7 @@ class LeanClient(ClientBase, asyncio.Protocol):
                 self.user_id,
             ) from None
         finally:
-            if sm_.waiters is not None and future in sm_.waiters:
-                sm_.waiters.remove(future)
+            sm_.forget(future)
 
     def drop_connection(self) -> None:
         """Abort the TCP connection without closing the stream, as a network failure would
@@ -781,7 +781,7 @@ class LeanClient(ClientBase, asyncio.Protocol):
     def _enable_answer(self, answer: Element) -> None:
         sm_ = self._sm
         if answer.tag == sm.ENABLED and sm_ is not None and self._transport is not None:
-            sm_.enabled_by(answer, self._transport)
+            sm_.enabled_by(answer, self._transport, self._framed)
             metrics.counter("xmpp.sm.enabled").inc()
             if sm_.resume and not sm_.resumable:
                 metrics.counter("xmpp.sm.resume_unavailable").inc()
@@ -812,8 +812,10 @@ class LeanClient(ClientBase, asyncio.Protocol):
         sm_, self._sm = self._sm, None
         if sm_ is not None:
             kept = sm_.close(XmppError(f"{self.jid}: stream management is off"))
-            if kept and self._transport is not None:
-                self._transport.write(b"".join(kept))
+            transport = self._transport
+            if kept and transport is not None:
+                for data in kept if self._framed else (b"".join(kept),):
+                    transport.write(data)
 
     def _sm_ended(self) -> None:
         """The session ended unexpectedly: what the server never acknowledged is lost."""
@@ -904,7 +906,7 @@ class LeanClient(ClientBase, asyncio.Protocol):
             except ValueError as exc:
                 return self._protocol_error("undefined-condition", str(exc))
             self._step = LeanClient._online_sm
-            resent = sm_.resumed_by(h, self._transport)
+            resent = sm_.resumed_by(h, self._transport, self._framed)
             metrics.counter("xmpp.sm.resumed").inc()
             if resent:
                 metrics.counter("xmpp.sm.resent").inc(resent)

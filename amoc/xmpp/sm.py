@@ -114,6 +114,7 @@ class StreamManagement:
         "acked",
         "dropped_at",
         "enabled",
+        "framed",
         "handled",
         "id",
         "max_s",
@@ -133,6 +134,7 @@ class StreamManagement:
         self.ack_every = ack_every
         self.enabled = False  # <enabled/> received: stanzas are counted and kept
         self.offered = False  # the last stream's features offered XEP-0198
+        self.framed = False  # one element per write (WebSocket, RFC 7395): no batching
         self.id = ""  # the session's id while it can be resumed
         self.max_s: int | None = None  # how long the server keeps a dropped session
         self.handled = 0  # stanzas received since <enabled/> (our h)
@@ -144,7 +146,8 @@ class StreamManagement:
         self.password = ""  # kept for the login of a resumption
         self.task: asyncio.Task[None] | None = None  # the resumption under way
         self.dropped_at = 0.0  # loop time the connection dropped
-        self.waiters: list[asyncio.Future[int]] | None = None  # request_ack() callers
+        # request_ack() callers: (the count they wait to see acknowledged, their future)
+        self.waiters: list[tuple[int, asyncio.Future[int]]] | None = None
         self._since_request = 0
         self._requested_at = 0.0  # monotonic time of the oldest unanswered <r/>
         self._reported = 0  # this client's part of the xmpp.sm.unacked gauge
@@ -176,11 +179,15 @@ class StreamManagement:
             return
         self.written = self.sent
         self._since_request = since = self._since_request + 1
-        if since >= self.ack_every:
-            transport.write(data + REQUEST)
+        if since < self.ack_every:
+            transport.write(data)
+        elif self.framed:
+            transport.write(data)
+            transport.write(REQUEST)
             self._requested()
         else:
-            transport.write(data)
+            transport.write(data + REQUEST)  # one write, one syscall
+            self._requested()
 
     def request(self) -> None:
         """Ask the server for an ack now (nothing while the connection is down)."""
@@ -195,19 +202,25 @@ class StreamManagement:
             self._requested_at = time.monotonic()
         self._report()
 
-    def _flush(self, transport: Writer) -> int:
+    def _flush(self, transport: Writer, framed: bool) -> int:
         """Write every kept stanza to a fresh connection (and ask for an ack); how many."""
         self.transport = transport
+        self.framed = framed
         queue = self.queue
         if queue or self.waiters:
-            transport.write(b"".join(queue) + REQUEST)
+            if framed:
+                for data in queue:
+                    transport.write(data)
+                transport.write(REQUEST)
+            else:
+                transport.write(b"".join(queue) + REQUEST)
             self._requested()
         self.written = self.sent
         return len(queue)
 
     # -- the server's side ------------------------------------------------------------------
 
-    def enabled_by(self, element: Element, transport: Writer) -> int:
+    def enabled_by(self, element: Element, transport: Writer, framed: bool = False) -> int:
         """`<enabled/>`: count from zero; stanzas sent meanwhile go out now (how many)."""
         self.enabled = True
         self.id = (
@@ -219,7 +232,7 @@ class StreamManagement:
         self.sent = len(self.queue)
         self._since_request = 0
         self._requested_at = 0.0
-        return self._flush(transport)
+        return self._flush(transport, framed)
 
     def acked_to(self, h: int) -> int:
         """`<a h/>`: drop what the server acknowledged (how many); wake `request_ack`."""
@@ -230,10 +243,8 @@ class StreamManagement:
             metrics.histogram("xmpp.sm.ack_time_ms").record(elapsed)
             self._requested_at = 0.0
         self._report()
-        waiters, self.waiters = self.waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(h)
+        if self.waiters:
+            self._wake(h)
         return dropped
 
     def dropped(self, now: float) -> None:
@@ -243,10 +254,10 @@ class StreamManagement:
         self._since_request = 0
         self._requested_at = 0.0
 
-    def resumed_by(self, h: int, transport: Writer) -> int:
+    def resumed_by(self, h: int, transport: Writer, framed: bool = False) -> int:
         """`<resumed h/>`: drop what the server got, write the rest again (how many)."""
         self._trim(h)
-        return self._flush(transport)
+        return self._flush(transport, framed)
 
     def refused(self, h: int | None, first: bytes | None = None) -> list[bytes]:
         """`<failed/>` to a resumption: the stanzas lost (written, never acknowledged).
@@ -264,6 +275,8 @@ class StreamManagement:
         self.id = ""
         self.acked = self.written = self.handled = 0
         self.sent = len(self.queue)
+        if self.waiters:  # they now wait for what the new session still sends
+            self.waiters = [(self.sent, future) for _target, future in self.waiters]
         self._report()
         return lost
 
@@ -276,18 +289,34 @@ class StreamManagement:
         kept, self.queue = self.queue, []
         self._report()
         waiters, self.waiters = self.waiters, None
-        for waiter in waiters or ():
+        for _target, waiter in waiters or ():
             if not waiter.done():
                 waiter.set_exception(error)
         return kept
 
     def wait_ack(self) -> asyncio.Future[int]:
-        """A future for the h of the next `<a/>`."""
+        """A future for the h of the first `<a/>` that acknowledges every stanza sent so
+        far (an `<a/>` answering an earlier `<r/>` may not)."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self.waiters is None:
             self.waiters = []
-        self.waiters.append(future)
+        self.waiters.append((self.sent, future))
         return future
+
+    def forget(self, future: asyncio.Future[int]) -> None:
+        """Stop waiting with `future` (its caller gave up)."""
+        if self.waiters:
+            self.waiters = [w for w in self.waiters if w[1] is not future] or None
+
+    def _wake(self, h: int) -> None:
+        keep = []
+        for target, future in self.waiters or ():
+            if self.acked >= target:
+                if not future.done():
+                    future.set_result(h)
+            else:
+                keep.append((target, future))
+        self.waiters = keep or None
 
     # -- bookkeeping ------------------------------------------------------------------------
 

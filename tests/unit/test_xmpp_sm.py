@@ -285,6 +285,43 @@ def test_a_refused_resumption_loses_what_was_written_and_keeps_the_outage_sends(
     state_.close(RuntimeError("end"))
 
 
+class Frames:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+def test_a_framed_transport_gets_one_element_per_write() -> None:
+    state_ = sm.StreamManagement(resume=True, ack_every=2)
+    frames = Frames()
+    state_.enabled_by(enabled(), frames, framed=True)
+    state_.write(b"<presence/>")
+    state_.write(b"<message id='1'/>")
+    assert frames.writes == [b"<presence/>", b"<message id='1'/>", sm.REQUEST]
+    state_.dropped(0.0)
+    again = Frames()
+    assert state_.resumed_by(0, again, framed=True) == 2  # each stanza, then the request
+    assert again.writes == [b"<presence/>", b"<message id='1'/>", sm.REQUEST]
+    state_.close(RuntimeError("end"))
+
+
+def test_an_ack_wait_ends_when_everything_sent_before_it_is_acknowledged() -> None:
+    async def run() -> tuple[bool, int]:
+        state_ = sm.StreamManagement(resume=False, ack_every=100)
+        state_.enabled_by(enabled(resume=False), Wire())
+        for _ in range(4):
+            state_.write(b"<message/>")
+        waiter = state_.wait_ack()
+        state_.acked_to(2)  # the answer to an earlier request: not enough
+        early = waiter.done()
+        state_.acked_to(4)
+        return early, await waiter
+
+    assert asyncio.run(run()) == (False, 4)
+
+
 # -- settings -------------------------------------------------------------------------------
 
 
