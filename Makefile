@@ -16,7 +16,7 @@ help:
 	@echo "make bench-tsung  amoc against Tsung (installs Tsung; about 15 min)"
 
 # System packages the tests, the demo and the benchmarks use (Debian).
-DEBS := ejabberd graphite-carbon tmux chromium openssh-server
+DEBS := ejabberd prosody graphite-carbon tmux chromium openssh-server
 deps:
 	tools/deps.sh $(DEBS)
 
