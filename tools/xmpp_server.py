@@ -395,6 +395,7 @@ modules:
     history_size: 50
     max_users: 1000
     max_users_presence: 1000
+    max_user_conferences: 1000
   mod_pubsub:
     host: "pubsub.@HOST@"
     access_createnode: pubsub_createnode
