@@ -24,7 +24,8 @@ xmpp.logins.failed.<reason>, xmpp.disconnects (unexpected only), xmpp.messages.s
 histograms xmpp.login_time_ms and xmpp.ttd_ms (receiver side, see `amoc.xmpp.stamp`);
 per IQ kind xmpp.iq.<kind>.time_ms / .timeouts / .errors; xmpp.muc.ttd_ms and
 xmpp.pubsub.ttd_ms for stamped groupchat messages and PubSub items; xmpp.presences.received,
-xmpp.stanzas.sent / .timeouts / .unclaimed.
+xmpp.stanzas.sent / .timeouts / .unclaimed. Stream management (XEP-0198, lean client,
+`xmpp_stream_management`): xmpp.sm.* and xmpp.messages.lost, listed in `amoc.xmpp.sm`.
 """
 
 from amoc.xmpp import pred, stanza

@@ -856,6 +856,9 @@ class LeanClient(ClientBase, asyncio.Protocol):
                         break  # the same password will not work better next time
                 except TimeoutError:
                     why = "no answer within the attempt's time"
+                self._login = None  # what the dropped attempt reports next is not news
+                if not login.done():
+                    login.cancel()
                 await self._abort_attempt()
                 wait = min(delay * random.uniform(0.5, 1.5), deadline - loop.time())
                 if wait > 0:
@@ -936,6 +939,8 @@ class LeanClient(ClientBase, asyncio.Protocol):
     def _back_online(self) -> None:
         """A resumption is over: the stream is up again (resumed, or a new session)."""
         self._state = State.ONLINE
+        if self._sm is not None:
+            self._sm.task = None  # it only has to return now
         login, self._login = self._login, None
         if login is not None and not login.done():
             login.set_result(None)

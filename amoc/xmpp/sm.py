@@ -14,9 +14,17 @@ holds None and pays nothing). Counts are absolute Python ints; the wire carries 
   chat messages among them also `xmpp.messages.lost`); what was sent during the outage was
   never written and goes out on the new session.
 
-Metrics: counters xmpp.sm.acks_received, xmpp.sm.lost, xmpp.messages.lost; gauge
-xmpp.sm.unacked (stanzas sent and not yet acknowledged, over every client: it grows when
-the server falls behind); histogram xmpp.sm.ack_time_ms (from an `<r/>` to the `<a/>`).
+Metrics (here and in `amoc.xmpp.lean`):
+- counters xmpp.sm.enabled (sessions), .unavailable (the server offers no XEP-0198),
+  .enable_failed, .resume_unavailable (enabled without resumption), .acks_received,
+  .ack_timeouts (request_ack), .interruptions (connections dropped while resumable),
+  .resumed, .resent (stanzas written again), .resume_failed (refused by the server),
+  .resume_timeouts (no reconnection in time: the session ends), .lost, and
+  xmpp.messages.lost (the chat messages among the lost);
+- gauge xmpp.sm.unacked: stanzas sent and not yet acknowledged, over every client (it
+  grows when the server falls behind), updated at each ack request and ack;
+- histograms xmpp.sm.ack_time_ms (from an `<r/>` to the `<a/>`) and
+  xmpp.sm.resume_time_ms (from the drop to `<resumed/>`).
 """
 
 from __future__ import annotations
