@@ -126,8 +126,9 @@ def own_server(
 
 @pytest.fixture(scope="session")
 def xmpp_server() -> Iterator[XmppServer]:
-    """One ejabberd for the whole session on free loopback ports."""
-    with own_server(f"pytest{free_port()}") as server:
+    """One ejabberd for the whole session on free loopback ports: plain TCP, no MAM (the
+    throughput tests run on it as before archiving existed)."""
+    with own_server(f"pytest{free_port()}", mam=False) as server:
         yield server
 
 
