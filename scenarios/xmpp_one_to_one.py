@@ -22,7 +22,7 @@ storage by an earlier, interrupted run: they count as `one_to_one.stale`, not as
 Metrics: the xmpp.* set of amoc.xmpp (logins, messages sent / received, xmpp.ttd_ms; TTD
 includes the time a message waited in offline storage), plus one_to_one.received (fresh
 messages), one_to_one.stale and one_to_one.incomplete; messages a user waited for in vain
-count as xmpp.messages.lost.
+count as xmpp.messages.missing.
 """
 
 from __future__ import annotations
@@ -117,9 +117,9 @@ async def start(user_id: int, progress: Progress) -> None:
                 absorb([await client.wait_message(timeout_ms=remaining_ms)])
         except xmpp.ReceiveTimeout:
             metrics.counter("one_to_one.incomplete").inc()
-            # What the neighbour sent and never arrived: lost (a failed run says so).
+            # What the neighbour sent and never arrived (a failed run says so).
             missing = expected - progress.received.get(user_id, 0)
-            metrics.counter("xmpp.messages.lost").inc(max(0, missing))
+            metrics.counter("xmpp.messages.missing").inc(max(0, missing))
             log.warning(
                 "user %d: got %d of the %d messages user %d sent",
                 user_id,

@@ -25,7 +25,8 @@ _ERRORS = (
     "users.failed",
     "xmpp.logins.failed",
     "xmpp.messages.errors",
-    "xmpp.messages.lost",
+    "xmpp.messages.lost",  # the sender's count: unacknowledged when a resumption failed
+    "xmpp.messages.missing",  # the receiver's: waited for in vain (scenarios count it)
     "xmpp.disconnects",
 )
 
