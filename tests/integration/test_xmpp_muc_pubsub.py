@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from amoc import xmpp
+from amoc import metrics, xmpp
 from amoc.config import amoc_config
 from amoc.runner import Controller, State
 from amoc.xmpp import muc, pred, pubsub
@@ -215,9 +215,12 @@ def test_muc_scenario_every_message_reaches_every_occupant(server: XmppServer) -
         receive_timeout=20_000,
         muc_room_prefix=f"it{next(_runs)}_",
     )
+    timed = metrics.histogram("xmpp.muc.ttd_ms").count
     status = asyncio.run(run("xmpp_muc", settings, first, last, deadline_s=100))
     assert status["users"]["finished"] == MUC_USERS
     sent = MUC_USERS * MUC_MESSAGES
+    # Every delivery was timed: the stamp survives the room on this server.
+    assert metrics.histogram("xmpp.muc.ttd_ms").count - timed == sent * ROOM_SIZE
     assert grown(before) == {
         "xmpp.muc.messages.sent": sent,
         # Every message reaches every occupant of its room, its sender's echo included.
@@ -283,11 +286,14 @@ def test_pubsub_scenario_every_item_reaches_every_subscriber(server: XmppServer,
         ready_timeout=60_000,
         receive_timeout=20_000,
     )
+    timed = metrics.histogram("xmpp.pubsub.ttd_ms").count
     status = asyncio.run(run("xmpp_pubsub", settings, first, last, deadline_s=100))
     assert status["users"]["finished"] == users
     delivered = groups * SUBSCRIBERS * ITEMS
     # ejabberd also sends a PEP publisher its own items.
     own = groups * ITEMS if mode == "pep" and server.kind == "ejabberd" else 0
+    # Every item was timed per receiver: this server's event format keeps the stamp.
+    assert metrics.histogram("xmpp.pubsub.ttd_ms").count - timed == delivered + own
     assert grown(before) == {
         "xmpp.pubsub.items.published": groups * ITEMS,
         "xmpp.pubsub.items.received": delivered + own,
