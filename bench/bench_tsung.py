@@ -581,7 +581,7 @@ def parent(args: argparse.Namespace) -> None:
     lines: list[str] = []
     try:
         if not args.no_server:
-            server(args, "start")
+            server(args, "start", "--no-mam")  # as the figures in RESULTS.md
             for users in args.users:
                 for c in clients:
                     extra = ["--user-prefix", prefix(c, users)]

@@ -302,7 +302,7 @@ def parent(args: argparse.Namespace) -> None:
         server(args, "install")
     try:
         if not args.no_server:
-            server(args, "start")
+            server(args, "start", "--no-mam")  # as the figures in RESULTS.md
             server(args, "register", "--first", "1", "--last", str(total))
         lean = run_child("amoc", args, args.users, 1)
         print(line("amoc", args.users, lean), flush=True)
