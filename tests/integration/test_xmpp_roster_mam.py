@@ -306,6 +306,7 @@ def test_mam_lookup_finds_every_message_exchanged(server: XmppServer) -> None:
         "mam_lookup.incomplete",
         "mam_lookup.truncated",
         "mam_lookup.receive_incomplete",
+        "mam_lookup.late",
         "xmpp.mam.messages",
         "xmpp.messages.sent",
     ]
@@ -317,6 +318,7 @@ def test_mam_lookup_finds_every_message_exchanged(server: XmppServer) -> None:
         message_interval=100,
         page_size=5,
         interarrival=10,
+        xmpp_reply_timeout=15_000,  # a MAM page on a busy ejabberd can take seconds
     )
     status = asyncio.run(
         run_scenario("xmpp_mam_lookup", settings, first, first + users - 1, deadline_s=60)
@@ -327,5 +329,8 @@ def test_mam_lookup_finds_every_message_exchanged(server: XmppServer) -> None:
     assert delta["mam_lookup.found"] == 2 * users * per_user
     for name in ("missing", "incomplete", "truncated", "receive_incomplete"):
         assert delta[f"mam_lookup.{name}"] == 0, name
+    # Found at the second look (the archive lagging behind delivery) is allowed, not lost.
+    assert 0 <= delta["mam_lookup.late"] <= delta["mam_lookup.found"]
     assert delta["xmpp.mam.messages"] >= 2 * users * per_user
-    assert metrics.histogram("xmpp.mam.lookup_time_ms").count == lookups + users
+    rechecks = 0 if delta["mam_lookup.late"] == 0 else users  # at most one more each
+    assert users <= metrics.histogram("xmpp.mam.lookup_time_ms").count - lookups <= users + rechecks
