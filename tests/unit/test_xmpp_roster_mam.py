@@ -4,6 +4,7 @@ online lean client whose far end is a script answering each stanza it sends."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from amoc.xmpp import account, mam, ping, roster, stamp, stanza
 from amoc.xmpp.base import State
 from amoc.xmpp.parser import Element
 from amoc.xmpp.router import to_element
+from tests.unit.test_xmpp_lean import CLOSE, FEATURES, HEADER, Script, lean, read_until, with_peer
 
 pytestmark = pytest.mark.unit
 
@@ -552,3 +554,100 @@ def test_the_scenarios_declare_their_parameters_and_the_xmpp_ones() -> None:
         assert scenario.module.__doc__ and "Metrics:" in scenario.module.__doc__
     mam_lookup = load("xmpp_mam_lookup", [SCENARIOS]).module
     assert [mam_lookup.neighbour(i) for i in range(1, 5)] == [2, 1, 4, 3]
+
+
+# -- in-band registration on a scripted stream -------------------------------------------------
+
+REGISTER_FEATURES = FEATURES.replace(
+    b"</stream:features>",
+    b"<register xmlns='http://jabber.org/features/iq-register'/></stream:features>",
+)
+
+
+def registering(answer: str) -> Script:
+    """A server that answers the registration with `answer` ('' for a result), then, unless
+    it refused, takes a PLAIN login (bind without a session)."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_until(reader, b"<stream:stream")
+        writer.write(HEADER + REGISTER_FEATURES)
+        request = await read_until(reader, b"</iq>")
+        assert b"jabber:iq:register" in request and b"<username>user_1</username>" in request
+        assert b"<password>password_1</password>" in request
+        found = re.search(rb"id=['\"]([^'\"]+)['\"]", request)
+        assert found is not None
+        ident = found.group(1)
+        if answer:
+            writer.write(
+                b"<iq type='error' id='" + ident + b"'><error type='cancel'><" + answer.encode()
+                + b" xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+            )  # fmt: skip
+            if answer != "conflict":
+                await read_until(reader, CLOSE)
+                return
+        else:
+            writer.write(b"<iq type='result' id='" + ident + b"'/>")
+        await read_until(reader, b"</auth>")
+        writer.write(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+        await read_until(reader, b"<stream:stream")
+        writer.write(
+            HEADER + b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
+            b"</stream:features>"
+        )
+        await read_until(reader, b"</iq>")
+        writer.write(
+            b"<iq type='result' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            b"<jid>user_1@localhost/amoc</jid></bind></iq>"
+        )
+        await read_until(reader, CLOSE)
+        writer.write(CLOSE)
+
+    return script
+
+
+@pytest.mark.parametrize("answer", ["", "conflict"])
+def test_registration_then_login_on_the_same_stream(answer: str) -> None:
+    name = "xmpp.registrations.ok" if not answer else f"xmpp.registrations.failed.{answer}"
+    before = count(name)
+    timed = hist("xmpp.registrations.time_ms")
+
+    async def body(port: int) -> bool:
+        client = await lean(port, register=True)
+        try:
+            return client.connected
+        finally:
+            await client.stop()
+
+    assert asyncio.run(with_peer(registering(answer), body)) is True
+    assert count(name) == before + 1 and hist("xmpp.registrations.time_ms") == timed + 1
+
+
+def test_a_refused_registration_is_a_login_error_naming_the_condition() -> None:
+    before = count("xmpp.registrations.failed.not-acceptable")
+
+    async def body(port: int) -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await lean(port, register=True)
+        return caught.value
+
+    err = asyncio.run(with_peer(registering("not-acceptable"), body))
+    assert err.reason is xmpp.Reason.REGISTRATION and "refused: not-acceptable" in str(err)
+    assert count("xmpp.registrations.failed.not-acceptable") == before + 1
+
+
+def test_registration_before_starttls_says_to_set_xmpp_tls() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_until(reader, b"<stream:stream")
+        writer.write(
+            HEADER + b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>"
+            b"<required/></starttls></stream:features>"
+        )
+        await read_until(reader, CLOSE)
+
+    async def body(port: int) -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await lean(port, register=True)
+        return caught.value
+
+    err = asyncio.run(with_peer(script, body))
+    assert err.reason is xmpp.Reason.REGISTRATION and "set xmpp_tls = starttls" in str(err)
