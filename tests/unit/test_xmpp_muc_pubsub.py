@@ -13,8 +13,9 @@ from types import ModuleType
 import pytest
 
 from amoc import metrics, xmpp
-from amoc.config import Config
-from amoc.errors import ConfigError
+from amoc.config import Config, amoc_config
+from amoc.errors import AmocError, ConfigError
+from amoc.runner import Controller
 from amoc.xmpp import muc, pred, pubsub, stamp
 from amoc.xmpp.base import State
 from amoc.xmpp.parser import Element
@@ -481,3 +482,31 @@ def test_pubsub_parameters_and_group_messages() -> None:
     assert not scenario.signal_of("done")(message)
     group = message.find(f"{scenario.SIGNAL_NS} group")
     assert group is not None and group.get("node") == "n'1"
+
+
+@pytest.mark.parametrize(
+    ("scenario", "settings", "message"),
+    [
+        ("xmpp_muc", {"users_per_room": 0}, r"'users_per_room' = 0 .*must be >= 1"),
+        ("xmpp_muc", {"messages_per_user": -1}, r"'messages_per_user' = -1 .*must be >= 0"),
+        (
+            "xmpp_muc",
+            {"users_per_room": 5, "rooms_per_user": 6},
+            "rooms_per_user = 6 with users_per_room = 5: must be between 1 and users_per_room",
+        ),
+        ("xmpp_pubsub", {"subscribers_per_node": 0}, r"'subscribers_per_node' = 0 .*must be >= 1"),
+        ("xmpp_pubsub", {"items_per_publisher": 0}, r"'items_per_publisher' = 0 .*must be >= 1"),
+    ],
+)
+async def test_nonsense_parameters_are_refused_before_any_user_starts(
+    scenario: str, settings: dict[str, int], message: str
+) -> None:
+    ctl = Controller(scenario_dirs=[ROOT / "scenarios"])
+    try:
+        with pytest.raises(AmocError, match=message):
+            await ctl.do(scenario, 1, 10, settings=settings)
+        assert ctl.status()["state"] == "idle" and ctl.status()["users"]["started"] == 0
+    finally:
+        await ctl.close()
+        for name in settings:
+            amoc_config.unset(name)
