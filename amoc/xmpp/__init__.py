@@ -13,7 +13,9 @@ asyncio Protocol and expat, a fraction of the memory and CPU) or "slixmpp" (amoc
     await client.stop()
 
 The toolkit: `amoc.xmpp.stanza` (builders), `amoc.xmpp.pred` (predicates), `client.send`,
-`client.wait_for`, `client.add_handler`, `client.iq` (see `amoc.xmpp.router`).
+`client.wait_for`, `client.add_handler`, `client.iq` (see `amoc.xmpp.router`). Feature
+helpers over it, for both clients: `roster`, `muc`, `pubsub` (and PEP), `mam`, `ping`,
+`account` (in-band registration).
 
 Declare `amoc.xmpp.PARAMETERS` in a scenario's `PARAMETERS` to make the xmpp_* settings
 visible in the console; they resolve with their defaults either way.
@@ -28,7 +30,7 @@ xmpp.stanzas.sent / .timeouts / .unclaimed. Stream management (XEP-0198, lean cl
 `xmpp_stream_management`): xmpp.sm.* and xmpp.messages.lost, listed in `amoc.xmpp.sm`.
 """
 
-from amoc.xmpp import pred, stanza
+from amoc.xmpp import account, mam, muc, ping, pred, pubsub, roster, stanza
 from amoc.xmpp.client import Client
 from amoc.xmpp.errors import (
     ConnectionLost,
@@ -61,10 +63,16 @@ __all__ = [
     "Session",
     "Settings",
     "XmppError",
+    "account",
     "connect",
     "jid",
+    "mam",
+    "muc",
     "password",
+    "ping",
     "pred",
+    "pubsub",
+    "roster",
     "settings",
     "stanza",
     "username",
