@@ -94,6 +94,7 @@ class Instance:
     tls_port: int = 0  # direct TLS (XEP-0368) listener, 0: none
     cert: str = ""  # the self-signed certificate (PEM) clients verify with, if any
     mam: bool = True  # every message archived (XEP-0313); costs the server 6-9x per message
+    scram_hash: str = "sha1"  # with scram: SCRAM-SHA-1 (and PLAIN), or sha256: SCRAM-SHA-256
 
     @property
     def path(self) -> Path:
@@ -368,7 +369,7 @@ shaper_rules:
   s2s_shaper: none
 auth_method: internal
 auth_password_format: {password_format}
-auth_scram_hash: sha
+auth_scram_hash: {scram_hash}
 cache_size: 1000000
 registration_timeout: infinity
 s2s_access: none
@@ -447,6 +448,7 @@ def ejabberd_launch(inst: Instance) -> Launch:
             starttls=str(inst.tls).lower(),
             direct_tls=direct if inst.tls_port else "",
             password_format="scram" if inst.scram else "plain",
+            scram_hash="sha256" if inst.scram_hash == "sha256" else "sha",
             mam=EJABBERD_MAM if inst.mam else "",
         )
     )
@@ -614,6 +616,7 @@ modules_enabled = {{
 limits = {{ c2s = {{ rate = "100mb/s"; burst = "10s" }} }}
 
 authentication = {authentication}
+password_hash = {password_hash}
 default_iteration_count = {iterations}
 c2s_require_encryption = {require_tls}
 allow_unencrypted_plain_auth = {plain_ok}
@@ -703,6 +706,7 @@ def prosody_launch(inst: Instance) -> Launch:
             tls_ports=inst.tls_port or "",
             http_port=inst.http_port,
             authentication=q("internal_hashed" if inst.scram else "internal_plain"),
+            password_hash=q("SHA-256" if inst.scram_hash == "sha256" else "SHA-1"),
             iterations=SCRAM_ITERATIONS,
             require_tls=str(inst.tls).lower(),
             plain_ok=str(not inst.tls).lower(),
@@ -751,20 +755,22 @@ def _escape_node(text: str) -> str:
     return "".join(chr(b) if chr(b).isalnum() and b < 128 else f"%{b:02x}" for b in text.encode())
 
 
-def scram_sha1(password: str, salt: str, iterations: int) -> tuple[str, str]:
+def scram_keys(
+    password: str, salt: str, iterations: int, hash_name: str = "sha1"
+) -> tuple[str, str]:
     """(stored_key, server_key) in hex, as Prosody's internal_hashed keeps them."""
-    salted = hashlib.pbkdf2_hmac("sha1", password.encode(), salt.encode(), iterations)
-    client_key = hmac.digest(salted, b"Client Key", "sha1")
-    server_key = hmac.digest(salted, b"Server Key", "sha1")
-    return hashlib.sha1(client_key).hexdigest(), server_key.hex()
+    salted = hashlib.pbkdf2_hmac(hash_name, password.encode(), salt.encode(), iterations)
+    client_key = hmac.digest(salted, b"Client Key", hash_name)
+    server_key = hmac.digest(salted, b"Server Key", hash_name)
+    return hashlib.new(hash_name, client_key).hexdigest(), server_key.hex()
 
 
-def prosody_account(password: str, scram: bool) -> str:
-    """An accounts/<user>.dat file: a plaintext password, or SCRAM-SHA-1 keys."""
+def prosody_account(password: str, scram: bool, hash_name: str = "sha1") -> str:
+    """An accounts/<user>.dat file: a plaintext password, or SCRAM keys (SHA-1 or SHA-256)."""
     if not scram:
         return f'return {{\n\t["password"] = {lua_str(password)};\n}};\n'
     salt = str(uuid.uuid4())
-    stored, server = scram_sha1(password, salt, SCRAM_ITERATIONS)
+    stored, server = scram_keys(password, salt, SCRAM_ITERATIONS, hash_name)
     return (
         "return {\n"
         f'\t["iteration_count"] = {SCRAM_ITERATIONS};\n'
@@ -788,7 +794,7 @@ def prosody_register(inst: Instance, ids: range, user: str, password: str) -> li
         def one(i: int) -> None:
             final = accounts / f"{_escape_node(f'{user}{i}')}.dat"
             part = final.with_suffix(".tmp")  # a half-written account is never read
-            part.write_text(prosody_account(f"{password}{i}", inst.scram))
+            part.write_text(prosody_account(f"{password}{i}", inst.scram, inst.scram_hash))
             part.replace(final)
 
         return one
@@ -838,7 +844,7 @@ def describe(inst: Instance) -> str:
     ]
     if inst.tls_port:
         parts.append(f"direct TLS {inst.host}:{inst.tls_port}")
-    parts.append("scram storage" if inst.scram else "plain storage")
+    parts.append(f"scram-{inst.scram_hash} storage" if inst.scram else "plain storage")
     parts.append("MAM" if inst.mam else "no MAM")
     if inst.cert:
         parts.append(f"certificate {inst.cert}")
@@ -847,7 +853,10 @@ def describe(inst: Instance) -> str:
 
 def _settings(i: Instance) -> tuple[object, ...]:
     """What `start` sets up: two instances that agree on it run the same server."""
-    return (i.kind, i.host, i.port, i.http_port, i.domain, i.tls, i.scram, i.tls_port, i.mam)
+    return (
+        i.kind, i.host, i.port, i.http_port, i.domain, i.tls, i.scram, i.tls_port, i.mam,
+        i.scram_hash,
+    )  # fmt: skip
 
 
 def start(inst: Instance) -> Instance:
@@ -975,6 +984,8 @@ def parser() -> argparse.ArgumentParser:
                    help="start: a direct-TLS (XEP-0368) c2s port too (0: none)")  # fmt: skip
     p.add_argument("--scram", action=argparse.BooleanOptionalAction, default=None,
                    help="start: store SCRAM-SHA-1 hashes, not plain passwords")  # fmt: skip
+    p.add_argument("--scram-hash", choices=["sha1", "sha256"], default=None,
+                   help="start: with --scram, SHA-1 (default) or SHA-256 hashes")  # fmt: skip
     p.add_argument("--mam", action=argparse.BooleanOptionalAction, default=None,
                    help="start: archive every message (MAM; the default)")  # fmt: skip
     p.add_argument("--first", type=int, default=1, help="register: first user id")
@@ -1025,6 +1036,7 @@ def to_start(args: argparse.Namespace, saved: Instance | None) -> Instance:
         scram=bool(_pick(args.scram, base.scram)),
         tls_port=int(_pick(args.tls_port, base.tls_port)),  # type: ignore[call-overload]
         mam=bool(_pick(args.mam, base.mam)),
+        scram_hash=str(_pick(args.scram_hash, base.scram_hash)),
     )
     if saved is not None and saved.scram and not inst.scram:
         raise ServerError(

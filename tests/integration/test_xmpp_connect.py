@@ -352,3 +352,21 @@ def test_a_wrong_websocket_path_and_bad_transports_are_clear(
         assert why in str(caught_config.value)
     with pytest.raises(xmpp.NotSupported, match="lean client"):
         asyncio.run(xmpp.connect(1, transport="websocket", client="slixmpp"))
+
+
+def test_a_prosody_that_stores_sha256_hashes_is_logged_into_with_scram_sha256() -> None:
+    name = f"pytest_p256_{free_port()}"
+    with own_server(name, 4, kind="prosody", tls=True, scram=True, scram_hash="sha256") as server:
+
+        async def run() -> list[str]:
+            used = []
+            for user, mechanism in ((1, "AUTO"), (2, "SCRAM-SHA-256"), (3, "PLAIN")):
+                c = await xmpp.connect(user, sasl=mechanism, **verified(server, "starttls"))
+                used.append(getattr(c, "mechanism", ""))
+                await c.stop()
+            with pytest.raises(xmpp.LoginError, match="offers") as caught:
+                await xmpp.connect(4, sasl="SCRAM-SHA-1", **verified(server, "starttls"))
+            assert caught.value.reason is xmpp.Reason.NO_MECHANISM
+            return used
+
+        assert asyncio.run(run()) == ["SCRAM-SHA-256", "SCRAM-SHA-256", "PLAIN"]

@@ -44,6 +44,7 @@ class XmppServer:
     tls_port: int = 0  # a direct-TLS (XEP-0368) c2s port too, 0: none
     cert: str = ""  # the server's self-signed certificate (PEM, verify with it) once started
     mam: bool = True  # every message archived (off for plain throughput: MAM costs 6-9x)
+    scram_hash: str = "sha1"  # with scram: sha1 or sha256 hashes stored
 
     @property
     def muc_domain(self) -> str:
@@ -75,7 +76,7 @@ class XmppServer:
             "--http-port", str(self.http_port), "--domain", self.domain,
             "--tls" if self.tls else "--no-tls", "--tls-port", str(self.tls_port),
             "--scram" if self.scram else "--no-scram",
-            "--mam" if self.mam else "--no-mam",
+            "--mam" if self.mam else "--no-mam", "--scram-hash", self.scram_hash,
         )  # fmt: skip
         self.cert = self.state().get("cert", "")
         assert bool(self.cert) == bool(self.tls or self.tls_port), out
@@ -105,6 +106,7 @@ def own_server(
     scram: bool = False,
     tls_port: int = 0,
     mam: bool = True,
+    scram_hash: str = "sha1",
 ) -> Iterator[XmppServer]:
     """A server called `name` (ejabberd, or Prosody with kind="prosody") on free loopback
     ports, with users 1..`users` registered; stopped and removed at the end. `tls` requires
@@ -112,7 +114,7 @@ def own_server(
     direct-TLS port, `mam=False` leaves message archiving out."""
     server = XmppServer(
         name, "127.0.0.1", free_port(), free_port(),
-        kind=kind, tls=tls, scram=scram, tls_port=tls_port, mam=mam,
+        kind=kind, tls=tls, scram=scram, tls_port=tls_port, mam=mam, scram_hash=scram_hash,
     )  # fmt: skip
     server.tool("install", "--kind", kind, timeout=600)
     try:
