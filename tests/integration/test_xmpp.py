@@ -55,7 +55,9 @@ def test_one_to_one_delivers_every_message(xmpp_server: Any) -> None:
     settings = {
         **server_settings(xmpp_server, CLIENT),
         "messages_per_user": per_user,
-        "message_interval": 100,
+        # A first message must not race the neighbour's login (the scenario's premise: it
+        # waits one interval; ejabberd can lose a message stored offline during a login).
+        "message_interval": 1000,
         "receive_timeout": 15_000,
         "interarrival": 2,
         "repeat_num": 1,

@@ -22,7 +22,7 @@ from tests.net import free_port
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-_ids = itertools.count(40_001, 2)
+_ids = itertools.count(80_001, 2)  # ids of its own on the session servers
 
 EJABBERD_MECHANISMS = [
     "PLAIN",

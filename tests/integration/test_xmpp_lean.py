@@ -129,7 +129,7 @@ def test_one_to_one_with_the_lean_client_delivers_every_message(xmpp_server: Any
     settings = scenario_settings(
         xmpp_server,
         messages_per_user=per_user,
-        message_interval=100,
+        message_interval=1000,  # the first message must not race the neighbour's login
         receive_timeout=15_000,
         interarrival=1,
         repeat_num=1,

@@ -12,10 +12,8 @@ from typing import Any
 import pytest
 
 from amoc import metrics, xmpp
-from amoc.config import amoc_config
-from amoc.runner import Controller, State
 from amoc.xmpp import muc, pred, pubsub
-from tests.integration.xmpp_fixture import SCENARIOS, XmppServer, count, server_settings
+from tests.integration.xmpp_fixture import XmppServer, count, run_scenario, server_settings
 
 pytestmark = pytest.mark.integration
 
@@ -50,25 +48,6 @@ def counters(*names: str) -> dict[str, int]:
 
 def grown(before: dict[str, int]) -> dict[str, int]:
     return {name: count(name) - value for name, value in before.items()}
-
-
-async def run(
-    scenario: str, settings: dict[str, Any], first: int, last: int, deadline_s: float
-) -> dict[str, Any]:
-    """Run `scenario` for ids first..last with the runner; its final status."""
-    ctl = Controller(scenario_dirs=SCENARIOS)
-    try:
-        await ctl.do(scenario, first, last, settings=settings)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline_s
-        while ctl.status()["state"] != State.FINISHED.value:
-            assert loop.time() < end, f"{scenario} still running after {deadline_s} s"
-            await asyncio.sleep(0.05)
-        return ctl.status()
-    finally:
-        await ctl.close()
-        for name in settings:
-            amoc_config.unset(name)
 
 
 def scenario_settings(server: XmppServer, **extra: Any) -> dict[str, Any]:
@@ -216,7 +195,7 @@ def test_muc_scenario_every_message_reaches_every_occupant(server: XmppServer) -
         muc_room_prefix=f"it{next(_runs)}_",
     )
     timed = metrics.histogram("xmpp.muc.ttd_ms").count
-    status = asyncio.run(run("xmpp_muc", settings, first, last, deadline_s=100))
+    status = asyncio.run(run_scenario(settings, first, last, deadline_s=100, name="xmpp_muc"))
     assert status["users"]["finished"] == MUC_USERS
     sent = MUC_USERS * MUC_MESSAGES
     # Every delivery was timed: the stamp survives the room on this server.
@@ -251,7 +230,7 @@ def test_muc_scenario_with_two_rooms_per_user(ejabberd_tls_server: XmppServer) -
         message_interval=200,
         muc_room_prefix=f"it{next(_runs)}_",
     )
-    asyncio.run(run("xmpp_muc", settings, first, first + users - 1, deadline_s=60))
+    asyncio.run(run_scenario(settings, first, first + users - 1, deadline_s=60, name="xmpp_muc"))
     sent = users * 2 * 2  # two messages in each of two rooms
     assert grown(before) == {
         "xmpp.muc.messages.received": sent * 5,
@@ -287,7 +266,7 @@ def test_pubsub_scenario_every_item_reaches_every_subscriber(server: XmppServer,
         receive_timeout=20_000,
     )
     timed = metrics.histogram("xmpp.pubsub.ttd_ms").count
-    status = asyncio.run(run("xmpp_pubsub", settings, first, last, deadline_s=100))
+    status = asyncio.run(run_scenario(settings, first, last, deadline_s=100, name="xmpp_pubsub"))
     assert status["users"]["finished"] == users
     delivered = groups * SUBSCRIBERS * ITEMS
     # ejabberd also sends a PEP publisher its own items.

@@ -13,10 +13,8 @@ from typing import Any
 import pytest
 
 from amoc import xmpp
-from amoc.config import amoc_config
-from amoc.runner import Controller, State
 from amoc.xmpp import account
-from tests.integration.xmpp_fixture import SCENARIOS, XmppServer, count, server_settings
+from tests.integration.xmpp_fixture import XmppServer, count, run_scenario, server_settings
 
 pytestmark = pytest.mark.integration
 
@@ -104,26 +102,6 @@ def test_register_conflict_unregister_and_the_errors_by_condition(server: XmppSe
 # -- the scenario ---------------------------------------------------------------------------
 
 
-async def run_scenario(
-    settings: dict[str, Any], first: int, last: int, deadline_s: float
-) -> tuple[dict[str, Any], float]:
-    """Run xmpp_registration for ids first..last; its final status and how long it took."""
-    ctl = Controller(scenario_dirs=SCENARIOS)
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    try:
-        await ctl.do("xmpp_registration", first, last, settings=settings)
-        end = began + deadline_s
-        while ctl.status()["state"] != State.FINISHED.value:
-            assert loop.time() < end, f"still running after {deadline_s} s"
-            await asyncio.sleep(0.05)
-        return ctl.status(), loop.time() - began
-    finally:
-        await ctl.close()
-        for key in settings:
-            amoc_config.unset(key)
-
-
 def scenario_settings(server: XmppServer, **extra: Any) -> dict[str, Any]:
     return {
         **server_settings(server, "lean"),
@@ -160,7 +138,10 @@ def test_every_registration_succeeds_logs_in_again_and_is_removed(server: XmppSe
     settings = scenario_settings(
         server, registration_prefix=name, registrations_per_minute=rate, relogin=True
     )
-    status, took = asyncio.run(run_scenario(settings, first, first + users - 1, deadline_s=60))
+    status = asyncio.run(
+        run_scenario(settings, first, first + users - 1, deadline_s=60, name="xmpp_registration")
+    )
+    took = status["took_s"]
     delta = {n: count(n) - before[n] for n in names}
     assert status["users"]["finished"] == users and status["users"]["failed_runs"] == 0
     for n in ("registration.ok", "registration.relogins", "registration.unregistered"):
@@ -200,8 +181,10 @@ def test_kept_accounts_log_in_and_a_rerun_logs_in_to_them(server: XmppServer) ->
         server, registration_prefix=name, registrations_per_minute=60_000, unregister=False
     )
     for _run in range(2):  # the second run finds every account there
-        status, _took = asyncio.run(
-            run_scenario(dict(settings), first, first + users - 1, deadline_s=30)
+        status = asyncio.run(
+            run_scenario(
+                dict(settings), first, first + users - 1, deadline_s=30, name="xmpp_registration"
+            )
         )
         assert status["users"]["failed_runs"] == 0
     assert count("registration.ok") == ok + 2 * users

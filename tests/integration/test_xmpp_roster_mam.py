@@ -12,10 +12,8 @@ from typing import Any
 import pytest
 
 from amoc import metrics, xmpp
-from amoc.config import amoc_config
-from amoc.runner import Controller, State
 from amoc.xmpp import mam, ping, roster
-from tests.integration.xmpp_fixture import SCENARIOS, XmppServer, count, server_settings
+from tests.integration.xmpp_fixture import XmppServer, count, run_scenario, server_settings
 
 pytestmark = pytest.mark.integration
 
@@ -208,25 +206,6 @@ def test_mam_errors_name_their_condition(server: XmppServer) -> None:
 # -- the scenarios --------------------------------------------------------------------------
 
 
-async def run_scenario(
-    name: str, settings: dict[str, Any], first: int, last: int, deadline_s: float
-) -> dict[str, Any]:
-    """Run scenario `name` for ids first..last with the runner; its final status."""
-    ctl = Controller(scenario_dirs=SCENARIOS)
-    try:
-        await ctl.do(name, first, last, settings=settings)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline_s
-        while ctl.status()["state"] != State.FINISHED.value:
-            assert loop.time() < end, f"{name} still running after {deadline_s} s"
-            await asyncio.sleep(0.05)
-        return ctl.status()
-    finally:
-        await ctl.close()
-        for key in settings:
-            amoc_config.unset(key)
-
-
 def scenario_settings(server: XmppServer, **extra: Any) -> dict[str, Any]:
     """The runner's settings for `server` over STARTTLS, one run per user."""
     return {
@@ -269,7 +248,7 @@ def test_presence_roster_every_update_reaches_the_contact(server: XmppServer) ->
         interarrival=5 if server.kind == "ejabberd" else 10,
     )
     status = asyncio.run(
-        run_scenario("xmpp_presence_roster", settings, first, first + users - 1, deadline_s=50)
+        run_scenario(settings, first, first + users - 1, deadline_s=50, name="xmpp_presence_roster")
     )
     delta = {n: count(n) - before[n] for n in names}
     assert status["users"]["finished"] == users and status["users"]["failed_runs"] == 0
@@ -321,7 +300,7 @@ def test_mam_lookup_finds_every_message_exchanged(server: XmppServer) -> None:
         xmpp_reply_timeout=15_000,  # a MAM page on a busy ejabberd can take seconds
     )
     status = asyncio.run(
-        run_scenario("xmpp_mam_lookup", settings, first, first + users - 1, deadline_s=60)
+        run_scenario(settings, first, first + users - 1, deadline_s=60, name="xmpp_mam_lookup")
     )
     delta = {n: count(n) - before[n] for n in names}
     assert status["users"]["finished"] == users and status["users"]["failed_runs"] == 0

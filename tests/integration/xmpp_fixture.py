@@ -174,19 +174,25 @@ def connect_kw(server: XmppServer, client: str) -> dict[str, Any]:
 
 
 async def run_scenario(
-    settings: dict[str, Any], first: int, last: int, deadline_s: float
+    settings: dict[str, Any],
+    first: int,
+    last: int,
+    deadline_s: float,
+    name: str = "xmpp_one_to_one",
 ) -> dict[str, Any]:
-    """Run xmpp_one_to_one for ids first..last with the runner; return its final status."""
+    """Run scenario `name` for ids first..last with the runner; return its final status
+    (with `took_s`, from `do` to the end)."""
     ctl = Controller(scenario_dirs=SCENARIOS)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     try:
-        await ctl.do("xmpp_one_to_one", first, last, settings=settings)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline_s
+        await ctl.do(name, first, last, settings=settings)
+        end = began + deadline_s
         while ctl.status()["state"] != State.FINISHED.value:
-            assert loop.time() < end, f"scenario still running after {deadline_s} s"
+            assert loop.time() < end, f"{name} still running after {deadline_s} s"
             await asyncio.sleep(0.05)
-        return ctl.status()
+        return {**ctl.status(), "took_s": loop.time() - began}
     finally:
         await ctl.close()
-        for name in settings:
-            amoc_config.unset(name)
+        for key in settings:
+            amoc_config.unset(key)
