@@ -95,6 +95,7 @@ class Instance:
     cert: str = ""  # the self-signed certificate (PEM) clients verify with, if any
     mam: bool = True  # every message archived (XEP-0313); costs the server 6-9x per message
     scram_hash: str = "sha1"  # with scram: SCRAM-SHA-1 (and PLAIN), or sha256: SCRAM-SHA-256
+    https_port: int = 0  # WebSocket and BOSH over TLS (wss://, https://), 0: none
 
     @property
     def path(self) -> Path:
@@ -318,7 +319,7 @@ listen:
     max_stanza_size: 262144
     max_fsm_queue: 1000000
     backlog: 8192
-{direct_tls}\
+{direct_tls}{https}\
   - port: {http_port}
     ip: "127.0.0.1"
     module: ejabberd_http
@@ -415,6 +416,16 @@ EJABBERD_MAM = """\
     default: always
 """
 
+EJABBERD_HTTPS = """\
+  - port: {https_port}
+    ip: "127.0.0.1"
+    module: ejabberd_http
+    tls: true
+    backlog: 1024
+    request_handlers:
+      /ws: ejabberd_http_ws
+      /bosh: mod_bosh
+"""
 EJABBERD_DIRECT_TLS = """\
   - port: {tls_port}
     ip: "{host}"
@@ -447,6 +458,7 @@ def ejabberd_launch(inst: Instance) -> Launch:
             certfiles=certfiles,
             starttls=str(inst.tls).lower(),
             direct_tls=direct if inst.tls_port else "",
+            https=EJABBERD_HTTPS.format(https_port=inst.https_port) if inst.https_port else "",
             password_format="scram" if inst.scram else "plain",
             scram_hash="sha256" if inst.scram_hash == "sha256" else "sha",
             mam=EJABBERD_MAM if inst.mam else "",
@@ -600,7 +612,8 @@ c2s_direct_tls_ports = {{ {tls_ports} }}
 http_interfaces = {{ "127.0.0.1" }}
 http_ports = {{ {http_port} }}
 legacy_ssl_ports = {{ }}
-https_ports = {{ }}
+https_ports = {{ {https_ports} }}
+https_interfaces = {{ "127.0.0.1" }}
 s2s_ports = {{ }}
 s2s_direct_tls_ports = {{ }}
 component_ports = {{ }}
@@ -705,6 +718,7 @@ def prosody_launch(inst: Instance) -> Launch:
             port=inst.port,
             tls_ports=inst.tls_port or "",
             http_port=inst.http_port,
+            https_ports=inst.https_port or "",
             authentication=q("internal_hashed" if inst.scram else "internal_plain"),
             password_hash=q("SHA-256" if inst.scram_hash == "sha256" else "SHA-1"),
             iterations=SCRAM_ITERATIONS,
@@ -832,6 +846,8 @@ def _addresses(inst: Instance) -> Iterator[tuple[str, str, int]]:
     yield "--http-port", "127.0.0.1", inst.http_port
     if inst.tls_port:
         yield "--tls-port", inst.host, inst.tls_port
+    if inst.https_port:
+        yield "--https-port", "127.0.0.1", inst.https_port
 
 
 def describe(inst: Instance) -> str:
@@ -844,6 +860,8 @@ def describe(inst: Instance) -> str:
     ]
     if inst.tls_port:
         parts.append(f"direct TLS {inst.host}:{inst.tls_port}")
+    if inst.https_port:
+        parts.append(f"https 127.0.0.1:{inst.https_port} ({http.removeprefix('api, ')})")
     parts.append(f"scram-{inst.scram_hash} storage" if inst.scram else "plain storage")
     parts.append("MAM" if inst.mam else "no MAM")
     if inst.cert:
@@ -855,7 +873,7 @@ def _settings(i: Instance) -> tuple[object, ...]:
     """What `start` sets up: two instances that agree on it run the same server."""
     return (
         i.kind, i.host, i.port, i.http_port, i.domain, i.tls, i.scram, i.tls_port, i.mam,
-        i.scram_hash,
+        i.scram_hash, i.https_port,
     )  # fmt: skip
 
 
@@ -876,7 +894,7 @@ def start(inst: Instance) -> Instance:
             raise ServerError(f"{host}:{port} ({flag}) is already in use by another program")
     path = inst.path
     (path / "log").mkdir(parents=True, exist_ok=True)
-    inst.cert = str(certificate(inst)) if inst.tls or inst.tls_port else ""
+    inst.cert = str(certificate(inst)) if inst.tls or inst.tls_port or inst.https_port else ""
     began = time.monotonic()
     launch = kind.launch(inst)
     _chown_tree(path, launch.owner)
@@ -980,6 +998,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default=None, help="XMPP domain (default localhost)")
     p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=None,
                    help="start: require STARTTLS, with a self-signed certificate")  # fmt: skip
+    p.add_argument("--https-port", type=int, default=None,
+                   help="start: WebSocket and BOSH over TLS too (0: none)")  # fmt: skip
     p.add_argument("--tls-port", type=int, default=None,
                    help="start: a direct-TLS (XEP-0368) c2s port too (0: none)")  # fmt: skip
     p.add_argument("--scram", action=argparse.BooleanOptionalAction, default=None,
@@ -1035,6 +1055,7 @@ def to_start(args: argparse.Namespace, saved: Instance | None) -> Instance:
         tls=bool(_pick(args.tls, base.tls)),
         scram=bool(_pick(args.scram, base.scram)),
         tls_port=int(_pick(args.tls_port, base.tls_port)),  # type: ignore[call-overload]
+        https_port=int(_pick(args.https_port, base.https_port)),  # type: ignore[call-overload]
         mam=bool(_pick(args.mam, base.mam)),
         scram_hash=str(_pick(args.scram_hash, base.scram_hash)),
     )
@@ -1046,8 +1067,9 @@ def to_start(args: argparse.Namespace, saved: Instance | None) -> Instance:
     for flag, _host, port in _addresses(inst):
         if not 1 <= port <= 65535:
             raise ServerError(f"{flag} {port}: must be between 1 and 65535")
-    if len({inst.port, inst.http_port, inst.tls_port} - {0}) < 2 + bool(inst.tls_port):
-        raise ServerError("--port, --http-port and --tls-port must differ")
+    ports = [p for p in (inst.port, inst.http_port, inst.tls_port, inst.https_port) if p]
+    if len(set(ports)) < len(ports):
+        raise ServerError("--port, --http-port, --tls-port and --https-port must differ")
     return inst
 
 

@@ -283,16 +283,21 @@ WEBSOCKET_PATHS = {"ejabberd_tls_server": "/ws", "prosody_server": "/xmpp-websoc
 
 @pytest.mark.parametrize("fixture", sorted(WEBSOCKET_PATHS))
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-1", "AUTO"])
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
 def test_websocket_logins_and_chat(
-    request: pytest.FixtureRequest, fixture: str, mechanism: str
+    request: pytest.FixtureRequest, fixture: str, mechanism: str, scheme: str
 ) -> None:
     server: XmppServer = request.getfixturevalue(fixture)
     first = next(_ids)
     server.register(first, first + 1)
-    url = f"ws://{server.host}:{server.http_port}{WEBSOCKET_PATHS[fixture]}"
+    port = server.https_port if scheme == "wss" else server.http_port
+    url = f"{scheme}://127.0.0.1:{port}{WEBSOCKET_PATHS[fixture]}"
 
     async def run() -> list[xmpp.Message]:
-        kw = {"transport": url, "domain": server.domain, "sasl": mechanism}
+        kw = {
+            "transport": url, "domain": server.domain, "sasl": mechanism,
+            "tls_verify": True, "tls_ca_file": server.cert,
+        }  # fmt: skip
         a = await xmpp.connect(first, **kw)
         b = await xmpp.connect(first + 1, **kw)
         try:

@@ -45,6 +45,7 @@ class XmppServer:
     cert: str = ""  # the server's self-signed certificate (PEM, verify with it) once started
     mam: bool = True  # every message archived (off for plain throughput: MAM costs 6-9x)
     scram_hash: str = "sha1"  # with scram: sha1 or sha256 hashes stored
+    https_port: int = 0  # WebSocket and BOSH over TLS too, 0: none
 
     @property
     def muc_domain(self) -> str:
@@ -77,9 +78,10 @@ class XmppServer:
             "--tls" if self.tls else "--no-tls", "--tls-port", str(self.tls_port),
             "--scram" if self.scram else "--no-scram",
             "--mam" if self.mam else "--no-mam", "--scram-hash", self.scram_hash,
+            "--https-port", str(self.https_port),
         )  # fmt: skip
         self.cert = self.state().get("cert", "")
-        assert bool(self.cert) == bool(self.tls or self.tls_port), out
+        assert bool(self.cert) == bool(self.tls or self.tls_port or self.https_port), out
 
     def state(self) -> dict[str, Any]:
         """What the tool saved about this instance (its instance.json)."""
@@ -107,6 +109,7 @@ def own_server(
     tls_port: int = 0,
     mam: bool = True,
     scram_hash: str = "sha1",
+    https_port: int = 0,
 ) -> Iterator[XmppServer]:
     """A server called `name` (ejabberd, or Prosody with kind="prosody") on free loopback
     ports, with users 1..`users` registered; stopped and removed at the end. `tls` requires
@@ -115,6 +118,7 @@ def own_server(
     server = XmppServer(
         name, "127.0.0.1", free_port(), free_port(),
         kind=kind, tls=tls, scram=scram, tls_port=tls_port, mam=mam, scram_hash=scram_hash,
+        https_port=https_port,
     )  # fmt: skip
     server.tool("install", "--kind", kind, timeout=600)
     try:
@@ -137,17 +141,20 @@ def xmpp_server() -> Iterator[XmppServer]:
 @pytest.fixture(scope="session")
 def prosody_server() -> Iterator[XmppServer]:
     """One Prosody for the whole session: STARTTLS required, SCRAM storage, direct TLS on
-    `tls_port`."""
+    `tls_port`, WebSocket and BOSH over TLS on `https_port`."""
     name = f"pytest_prosody{free_port()}"
-    with own_server(name, kind="prosody", tls=True, scram=True, tls_port=free_port()) as s:
+    with own_server(
+        name, kind="prosody", tls=True, scram=True, tls_port=free_port(), https_port=free_port()
+    ) as s:
         yield s
 
 
 @pytest.fixture(scope="session")
 def ejabberd_tls_server() -> Iterator[XmppServer]:
-    """One ejabberd for the whole session: STARTTLS required, direct TLS on `tls_port`."""
+    """One ejabberd for the whole session: STARTTLS required, direct TLS on `tls_port`,
+    WebSocket and BOSH over TLS on `https_port`."""
     name = f"pytest_ejabberd_tls{free_port()}"
-    with own_server(name, tls=True, tls_port=free_port()) as server:
+    with own_server(name, tls=True, tls_port=free_port(), https_port=free_port()) as server:
         yield server
 
 
