@@ -169,3 +169,33 @@ def test_an_unknown_domain_is_refused_by_the_server(ejabberd_tls_server: XmppSer
 
     err = asyncio.run(run())
     assert "refused the BOSH session" in str(err) and "xmpp_domain" in str(err)
+
+
+@pytest.mark.parametrize("fixture", sorted(BOSH_PATHS))
+def test_bosh_over_https_verifies_the_certificate(
+    request: pytest.FixtureRequest, fixture: str
+) -> None:
+    server: XmppServer = request.getfixturevalue(fixture)
+    first = next(_ids)
+    server.register(first, first + 1)
+    https = f"https://127.0.0.1:{server.https_port}{BOSH_PATHS[fixture]}"
+
+    async def run() -> list[xmpp.Message]:
+        kw = {"transport": https, "domain": server.domain, "tls_verify": True}
+        a = await xmpp.connect(first, tls_ca_file=server.cert, **kw)
+        b = await xmpp.connect(first + 1, tls_ca_file=server.cert, **kw)
+        try:
+            return await chat_both_ways(a, b)
+        finally:
+            await a.stop()
+            await b.stop()
+
+    assert len(asyncio.run(run())) == 2 * MESSAGES
+
+    async def untrusted() -> xmpp.LoginError:
+        with pytest.raises(xmpp.LoginError) as caught:
+            await xmpp.connect(first, transport=https, domain=server.domain, tls_verify=True)
+        return caught.value
+
+    err = asyncio.run(untrusted())
+    assert err.reason is xmpp.Reason.TLS or "certificate" in str(err)
