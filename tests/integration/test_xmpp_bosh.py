@@ -44,8 +44,16 @@ def kinds(*clients: Any) -> list[str]:
     return [type(c._transport).__name__ for c in clients]
 
 
-@pytest.mark.parametrize("fixture", sorted(BOSH_PATHS))
-@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-1"])
+@pytest.mark.parametrize(
+    ("fixture", "mechanism"),
+    [
+        *(
+            ("ejabberd_tls_server", m)
+            for m in ["PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+        ),
+        *(("prosody_server", m) for m in ["PLAIN", "SCRAM-SHA-1"]),
+    ],
+)
 def test_bosh_logins_presence_and_chat_both_ways(
     request: pytest.FixtureRequest, fixture: str, mechanism: str
 ) -> None:
