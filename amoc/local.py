@@ -1,4 +1,8 @@
-"""`amoc_local`: the runner's verbs for a console, callable from any thread."""
+"""`amoc_local`: the runner's verbs for a console, callable from any thread.
+
+The controller belongs to the node's event loop: every verb, reads included, runs there
+through `call` (`Node.call`), never on the console's thread.
+"""
 
 from __future__ import annotations
 
@@ -64,7 +68,7 @@ class AmocLocal:
 
     def status(self) -> Reply:
         """What runs on this node."""
-        return Reply(self._ctl.status())
+        return Reply(self._call(_status(self._ctl)))
 
     def users(self) -> list[int]:
         """Ids of the users alive here."""
@@ -80,3 +84,7 @@ class AmocLocal:
 
 async def _users(ctl: Controller) -> list[int]:
     return ctl.user_ids()
+
+
+async def _status(ctl: Controller) -> dict[str, Any]:
+    return ctl.status()
