@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import math
 import os
+import re
 import threading
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,6 +43,49 @@ Verifier = Callable[[Any], Any]
 READ_ONLY = "read_only"
 Updater = Callable[[str, Any], None]
 
+# What a secret value is shown as, wherever values are shown (reports, API, console, logs).
+MASK = "***"
+# Names that are secret whatever their declaration says.
+SECRET_SUFFIXES = ("_password", "_token", "_secret", "_password_prefix")
+SECRET_NAMES = frozenset({"password", "token", "secret"})
+
+
+def is_secret_name(name: str) -> bool:
+    """True for a name that holds a secret by its shape (`*_password`, `*_token`, ...)."""
+    key = name.lower()
+    return key in SECRET_NAMES or key.endswith(SECRET_SUFFIXES)
+
+
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#@\s]+)@")
+
+
+def mask_url(text: str) -> str:
+    """`text` with the credentials of every URL in it (user:password@) replaced by ***."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+
+
+def scrub(text: str, url: str | None) -> str:
+    """`text` (say, an error about `url`) without `url`'s credentials, whole or in parts."""
+    text = mask_url(text)
+    found = _URL_CREDENTIALS.search(url or "")
+    if found:
+        userinfo = found.group(2)
+        for part in sorted({userinfo, *userinfo.split(":", 1)}, key=len, reverse=True):
+            if len(part) >= 3:
+                text = text.replace(part, MASK)
+    return text
+
+
+def masked(value: Any, secret: bool) -> Any:
+    """`value` as it may be shown: *** for a secret, URLs without their credentials."""
+    if secret:
+        return value if value is None or value == "" else MASK
+    if isinstance(value, str):
+        return mask_url(value)
+    if isinstance(value, list | tuple):
+        return type(value)(masked(v, False) for v in value)
+    return value
+
 
 @dataclass(frozen=True)
 class Param:
@@ -51,6 +95,9 @@ class Param:
     ValueError, or a list of the allowed values. `update` is None (a change at run time is
     just stored), READ_ONLY (refused at run time), or a function `update(name, value)` called
     on each run-time change; if it raises, the change is refused and the old value stays.
+    A `secret` value is shown as *** (so is any whose name ends in _password, _token,
+    _secret or _password_prefix). A `start_only` value is read when the node starts: once
+    the node has read its start-only settings, `set` refuses it (a restart is needed).
     """
 
     name: str
@@ -58,6 +105,17 @@ class Param:
     description: str = ""
     verify: Verifier | Sequence[Any] | None = None
     update: Updater | str | None = None
+    secret: bool = False
+    start_only: bool = False
+
+    @property
+    def is_secret(self) -> bool:
+        """True when its values must never be shown."""
+        return self.secret or is_secret_name(self.name)
+
+    def shown(self, value: Any) -> Any:
+        """`value` as it may be shown (masked when secret, credentials cut from URLs)."""
+        return masked(value, self.is_secret)
 
     def check(self, value: Any, source: str) -> Any:
         """Return `value` normalised, or raise ConfigError naming the parameter and source."""
@@ -71,7 +129,8 @@ class Param:
             return _check_type(self.default, value)
         except (TypeError, ValueError) as exc:
             raise ConfigError(
-                f"config {self.name!r} = {value!r} (from {source}) is invalid: {exc}"
+                f"config {self.name!r} = {self.shown(value)!r} (from {source}) is invalid: "
+                f"{_masked_text(str(exc), value) if self.is_secret else exc}"
             ) from None
 
 
@@ -81,15 +140,26 @@ def param(
     description: str = "",
     verify: Verifier | Sequence[Any] | None = None,
     update: Updater | str | None = None,
+    *,
+    secret: bool = False,
+    start_only: bool = False,
 ) -> Param:
-    """Declare a parameter (for a scenario's `PARAMETERS` list)."""
+    """Declare a parameter (for a scenario's `PARAMETERS` list); `secret` ones show as ***."""
     if not name.isidentifier():
         raise ConfigError(f"parameter name {name!r} is not a valid identifier")
     if update is not None and update != READ_ONLY and not callable(update):
         raise ConfigError(f"parameter {name!r}: update must be None, READ_ONLY or a function")
     if verify is not None and not callable(verify) and not isinstance(verify, list | tuple):
         raise ConfigError(f"parameter {name!r}: verification must be a function or a list")
-    return Param(name.lower(), default, description, verify, update)
+    return Param(name.lower(), default, description, verify, update, secret, start_only)
+
+
+def _masked_text(text: str, value: Any) -> str:
+    """`text` (an error message) without the secret `value` in it."""
+    for form in {str(value), repr(value)}:
+        if form and form not in ("None", "''"):
+            text = text.replace(form, MASK)
+    return text
 
 
 def _check_type(default: Any, value: Any) -> Any:
@@ -224,6 +294,7 @@ class Config:
         self._params: dict[str, Param] = {p.name: p for p in BUILTINS}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[str, Any], None]] = []
+        self._started = False  # the node has read its start-only settings
 
     def load_app(self, path: Path) -> None:
         """(Re)read the app config file; raise ConfigError naming the file on bad syntax."""
@@ -258,7 +329,24 @@ class Config:
         return None
 
     def get(self, name: str, default: Any = _MISSING) -> Any:
-        """The value of `name`; raise ConfigError if no source and no default has one."""
+        """The value of `name`; raise ConfigError if no source and no default has one.
+
+        Reading a start-only parameter marks the node as started (see `seal`)."""
+        declared = self._params.get(name.lower())
+        if declared is not None and declared.start_only:
+            self._started = True
+        return self._value(name, default)
+
+    def seal(self) -> None:
+        """The node has started: from now on `set` refuses start-only parameters."""
+        self._started = True
+
+    @property
+    def started(self) -> bool:
+        """True once the node has read its start-only settings."""
+        return self._started
+
+    def _value(self, name: str, default: Any = _MISSING) -> Any:
         key = name.lower()
         declared = self._params.get(key)
         found = self.lookup(key)
@@ -300,6 +388,8 @@ class Config:
             value = declared.check(value, "amoc_config.set")
             if declared.update == READ_ONLY:
                 raise ConfigError(f"config {key!r} is read-only: it cannot change at run time")
+            if declared.start_only and self._started:
+                raise ConfigError(restart_needed(key))
         with self._lock:
             had, old = key in self._runtime, self._runtime.get(key)
             self._runtime[key] = value
@@ -335,12 +425,12 @@ class Config:
         self._listeners.append(listener)
 
     def describe(self) -> list[tuple[str, Any, str, str]]:
-        """Rows of (name, current value or error, source, description) for the console."""
+        """Rows of (name, value as it may be shown, source, description): secrets are ***."""
         rows = []
         for key, p in sorted(self._params.items()):
             found = self.lookup(key)
             try:
-                value = self.get(key)
+                value = p.shown(self._value(key))
                 source = found[1] if found else "default"
             except ConfigError as exc:
                 value, source = f"<{exc}>", "error"
@@ -350,6 +440,15 @@ class Config:
     def __repr__(self) -> str:
         lines = [f"{n} = {v!r}  ({s}) {d}" for n, v, s, d in self.describe()]
         return "amoc_config:\n  " + "\n  ".join(lines)
+
+
+def restart_needed(name: str) -> str:
+    """Why start-only parameter `name` cannot be set now, and how to set it."""
+    return (
+        f"config {name!r} is read when the node starts: changing it now changes nothing; "
+        f"set the environment variable AMOC_{name.upper()} or `{name} = ...` in "
+        "priv/app.config and restart the node"
+    )
 
 
 # The node's configuration; the node loads its release's priv/app.config at start.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import inspect
 import keyword
@@ -102,19 +103,64 @@ def load_source(name: str, source: str, path: Path | None = None) -> Scenario:
         raise ScenarioError(
             f"scenario {name!r} does not compile: {exc.msg} ({where}, line {exc.lineno})"
         ) from None
+    except ValueError as exc:  # compile() refuses some sources (NUL bytes) with ValueError
+        raise ScenarioError(f"scenario {name!r} does not compile: {exc}") from None
     module = types.ModuleType(MODULE_PREFIX + name)
     module.__file__ = where
     # Registered before exec so that dataclasses, pickling and tracebacks find the module.
     sys.modules[module.__name__] = module
     try:
         exec(code, module.__dict__)
-    except BaseException as exc:
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the node stays up
         sys.modules.pop(module.__name__, None)
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        raise ScenarioError(f"scenario {name!r} failed to import: {detail}") from exc
+        raise ScenarioError(f"scenario {name!r} failed to import: {summary(exc)}") from exc
     return _check_contract(name, path, source, module)
+
+
+def summary(exc: BaseException) -> str:
+    """One line for a traceback: the exception and where it was raised (innermost frame)."""
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if isinstance(exc, SystemExit):
+        detail = f"SystemExit({exc.code!r})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        detail += f" at {last.filename}, line {last.lineno}, in {last.name}"
+    return detail
+
+
+def contained(name: str, attr: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` with SystemExit, KeyboardInterrupt and any other BaseException turned into a
+    ScenarioError, so that a scenario cannot end the node's loop or a worker thread.
+
+    Cancellation (asyncio.CancelledError) and GeneratorExit pass through unchanged."""
+
+    def crash(exc: BaseException) -> ScenarioError:
+        return ScenarioError(f"scenario {name!r}: {attr} raised {summary(exc)}")
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except (Exception, asyncio.CancelledError, GeneratorExit):
+                raise
+            except BaseException as exc:
+                raise crash(exc) from exc
+
+        return guarded_async
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (Exception, asyncio.CancelledError, GeneratorExit):
+            raise
+        except BaseException as exc:
+            raise crash(exc) from exc
+
+    return guarded
 
 
 def _check_contract(
@@ -133,7 +179,17 @@ def _check_contract(
         raise ScenarioError(
             f"scenario {name!r}: PARAMETERS must be a list of amoc.config.param(...) entries"
         )
-    return Scenario(name, path, source, module, start, takes_state, init, terminate, tuple(params))
+    return Scenario(
+        name,
+        path,
+        source,
+        module,
+        contained(name, "start", start),
+        takes_state,
+        contained(name, "init", init) if init is not None else None,
+        contained(name, "terminate", terminate) if terminate is not None else None,
+        tuple(params),
+    )
 
 
 def _optional_callable(

@@ -13,9 +13,12 @@ from amoc.api.validation import MAX_BODY_BYTES, MAX_COMMENT_CHARS, MAX_USERS_PER
 
 ERRORS = {
     400: "Invalid request: `field` names what to fix; nothing running was changed",
-    401: "No or wrong `Authorization: Bearer <token>` header",
+    401: "No or wrong `Authorization: Bearer <token>` header (a token in the query is refused)",
     404: "No such scenario",
-    409: "Does not fit what runs now (already running, nothing running, too few users)",
+    409: (
+        "Does not fit what runs now (a run is starting or running: the answer names it; "
+        "nothing running; too few users), or an upload's name is taken (send replace)"
+    ),
     413: f"Body over {MAX_BODY_BYTES // 1024} KiB or scenario over {MAX_SOURCE_BYTES // 1024} KiB",
 }
 
@@ -24,7 +27,8 @@ the configuration, read metrics.
 
 Every call but this documentation needs the header `Authorization: Bearer <token>`:
 the node's `api_token`, or, when none is configured, the random token the node
-writes to `run/<node>/api_token` (readable by its owner only).
+writes to `run/<node>/api_token` (readable by its owner only). A token in the query
+string (`?token=`) is refused: query strings end up in logs and histories.
 
 Errors are JSON: `{{"error": "what is wrong", "field": "the request field at fault"}}`.
 Bodies are at most {MAX_BODY_BYTES // 1024} KiB; unknown fields are refused."""
@@ -135,9 +139,25 @@ SCHEMAS: dict[str, Any] = {
             "origin": {"type": "string", "enum": ["uploaded", "bundled"]},
             "description": {"type": "string"},
             "source": {"type": "string"},
+            "sha256": {"type": "string", "description": "of the source; its check is kept by it"},
             "parameters": {"type": "array", "items": _ref("Parameter")},
-            "loadable": {"type": "boolean"},
+            "loadable": {"type": "boolean", "description": "its check passed"},
             "problem": {**_nullable("string"), "description": "why it does not load"},
+            "replaces": {
+                **_nullable("string"),
+                "description": "for an upload: the bundled scenario or module it shadows",
+            },
+        },
+    },
+    "Deleted": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "deleted": {"type": "string", "enum": ["uploaded"]},
+            "now": {
+                **_nullable("string"),
+                "description": "what the name is now: bundled (the original is back) or null",
+            },
         },
     },
     "Upload": {
@@ -151,6 +171,11 @@ SCHEMAS: dict[str, Any] = {
                 "description": "a Python module name: no path, no dots",
             },
             "source": {"type": "string", "maxLength": MAX_SOURCE_BYTES},
+            "replace": {
+                "type": "boolean",
+                "default": False,
+                "description": "allow a name that is a bundled scenario or a Python module",
+            },
         },
         "example": {
             "name": "hello",
@@ -230,11 +255,19 @@ SCHEMAS: dict[str, Any] = {
                     "type": "object",
                     "properties": {
                         "name": {"type": "string"},
-                        "value": {"description": "the value in force (secrets: <hidden>)"},
+                        "value": {
+                            "description": "the value in force (secrets: ***, and the "
+                            "credentials of a URL)"
+                        },
                         "source": {"type": "string"},
                         "default": {},
                         "required": {"type": "boolean"},
-                        "settable": {"type": "boolean"},
+                        "secret": {"type": "boolean", "description": "never shown"},
+                        "settable": {
+                            "type": "boolean",
+                            "description": "false for a start-only setting: set it in the "
+                            "environment or priv/app.config and restart the node",
+                        },
                         "description": {"type": "string"},
                     },
                 },

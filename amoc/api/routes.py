@@ -14,7 +14,6 @@ from aiohttp import web
 
 from amoc.api.provider import ClusterProvider
 from amoc.api.responses import ok
-from amoc.api.service import SECRET, START_ONLY
 from amoc.api.store import MAX_SOURCE_BYTES, ScenarioStore
 from amoc.api.validation import (
     MAX_BODY_BYTES,
@@ -29,11 +28,9 @@ from amoc.api.validation import (
     string,
     user_range,
 )
-from amoc.config import REQUIRED, Config, Param
+from amoc.config import READ_ONLY, REQUIRED, Config, Param, restart_needed
 from amoc.errors import ConfigError, RunnerError, ScenarioError
 from amoc.metrics import Registry, summary
-
-HIDDEN = "<hidden>"
 
 
 @dataclass
@@ -46,6 +43,8 @@ class Api:
     registry: Registry
     document: dict[str, Any] = field(default_factory=dict)
     page: str = ""
+    # One run command at a time: a second POST /api/run waits, then finds the first running.
+    run_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 Handler = Callable[[Api, web.Request], Awaitable[web.StreamResponse]]
@@ -107,13 +106,8 @@ def check_values(
         if p is None:
             names = ", ".join(sorted(known))
             raise ApiError(400, f"unknown parameter {key!r}; known: {names}", where)
-        if p.name in START_ONLY:
-            raise ApiError(
-                400,
-                f"{p.name!r} is read when the node starts: set AMOC_{p.name.upper()} "
-                "or priv/app.config and restart the node",
-                where,
-            )
+        if p.start_only:
+            raise ApiError(400, restart_needed(p.name), where)
         try:
             checked[p.name] = p.check(value, "the REST API")
         except ConfigError as exc:
@@ -132,7 +126,7 @@ def overridden(config: Config, names: Iterable[str]) -> list[str]:
 
 
 def config_rows(config: Config, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Parameters with value, source, default and description (secrets hidden)."""
+    """Parameters with value, source, default and description (secrets shown as ***)."""
     known = config.known()
     wanted = None if names is None else set(names)
     rows = []
@@ -140,16 +134,15 @@ def config_rows(config: Config, names: Iterable[str] | None = None) -> list[dict
         if wanted is not None and name not in wanted:
             continue
         p = known[name]
-        default = None if p.default is REQUIRED else p.default
-        secret = name in SECRET
         rows.append(
             {
                 "name": name,
-                "value": HIDDEN if secret and value is not None else value,
+                "value": value,  # describe() masks secrets
                 "source": source,
-                "default": HIDDEN if secret and default is not None else default,
+                "default": None if p.default is REQUIRED else p.shown(p.default),
                 "required": p.default is REQUIRED,
-                "settable": name not in START_ONLY,
+                "secret": p.is_secret,
+                "settable": not p.start_only and p.update != READ_ONLY,
                 "description": description,
             }
         )
@@ -174,15 +167,20 @@ async def list_scenarios(api: Api, _request: web.Request) -> web.StreamResponse:
 
 
 async def get_scenario(api: Api, request: web.Request) -> web.StreamResponse:
-    return ok(await asyncio.to_thread(api.store.get, request.match_info["name"]))
+    return ok(await api.store.get(request.match_info["name"]))
 
 
 async def upload_scenario(api: Api, request: web.Request) -> web.StreamResponse:
     body = await read_body(request)
-    only(body, ("name", "source"))
+    only(body, ("name", "source", "replace"))
     name = string(body, "name", max_chars=200)
     source = string(body, "source", max_chars=MAX_BODY_BYTES)
-    return ok(await asyncio.to_thread(api.store.upload, name, source), 201)
+    replace = boolean(body, "replace", False)
+    return ok(await api.store.upload(name, source, replace), 201)
+
+
+async def delete_scenario(api: Api, request: web.Request) -> web.StreamResponse:
+    return ok(await asyncio.to_thread(api.store.delete, request.match_info["name"]))
 
 
 async def run(api: Api, request: web.Request) -> web.StreamResponse:
@@ -192,17 +190,18 @@ async def run(api: Api, request: web.Request) -> web.StreamResponse:
     first, last = user_range(body)
     comment = string(body, "comment", default="", max_chars=MAX_COMMENT_CHARS)
     settings = obj(body, "settings")
-    params = await asyncio.to_thread(api.store.params, name, "scenario")
+    params = await api.store.params(name, "scenario")  # from the check: no import here
     known = {**api.config.known(), **{p.name: p for p in params}}
     checked = check_values(known, settings, "settings.")
-    current = await api.provider.status()  # the request is valid: does it fit the state?
-    if current.get("state") in ("running", "stopping"):
-        raise ApiError(
-            409,
-            f"scenario {current.get('scenario')!r} is {current['state']}: POST /api/stop first",
-            "scenario",
-        )
-    result = await guarded(api.provider.do(name, first, last, checked, comment), "scenario")
+    async with api.run_lock:
+        current = await api.provider.status()  # the request is valid: does it fit the state?
+        if current.get("state") in ("starting", "running", "stopping"):
+            raise ApiError(
+                409,
+                f"scenario {current.get('scenario')!r} is {current['state']}: POST /api/stop first",
+                "scenario",
+            )
+        result = await guarded(api.provider.do(name, first, last, checked, comment), "scenario")
     warnings = overridden(api.config, checked)
     return ok({**result, "warnings": warnings} if warnings else result)
 
@@ -295,9 +294,27 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         get_scenario,
         summary="A scenario's source and declared parameters",
         tag="scenarios",
+        description=(
+            "None of its code runs: the parameters are those its check found "
+            "(kept by the source's sha256)."
+        ),
         response="Scenario",
         errors=(400, 401, 404),
         route="/api/scenarios/{name:.+}",  # any text, so that a bad name gets a clear 400
+    ),
+    Endpoint(
+        "DELETE",
+        "/api/scenarios/{name}",
+        delete_scenario,
+        summary="Delete an uploaded scenario",
+        tag="scenarios",
+        description=(
+            "Removes the uploaded scenario; a bundled scenario it replaced is back. "
+            "Bundled scenarios cannot be deleted."
+        ),
+        response="Deleted",
+        errors=(400, 401, 404, 409),
+        route="/api/scenarios/{name:.+}",
     ),
     Endpoint(
         "POST",
@@ -307,13 +324,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         tag="scenarios",
         description=(
             f"Python source defining `start`, at most {MAX_SOURCE_BYTES // 1024} KiB. It is "
-            "compiled and loaded before it is stored with the node's uploaded scenarios; "
-            "`/api/run` can then run it."
+            "checked in a separate process (it compiles, imports within the time limit "
+            "`scenario_check_timeout`, declares well-formed `PARAMETERS` and has `start`) "
+            "before it is stored with the node's uploaded scenarios; none of its code runs "
+            "in the node until `/api/run` starts it. A name that is a bundled scenario or an "
+            "importable Python module is refused (409) unless `replace` is true."
         ),
         body="Upload",
         response="Uploaded",
         status=201,
-        errors=(400, 401, 413),
+        errors=(400, 401, 409, 413),
     ),
     Endpoint(
         "POST",

@@ -13,7 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from amoc.api import docs_page, openapi
 from amoc.api.provider import ClusterProvider
@@ -26,6 +29,25 @@ from amoc.errors import ConfigError
 from amoc.metrics import Registry
 
 log = logging.getLogger("amoc.api")
+access_log = logging.getLogger("amoc.api.access")
+
+# Query parameters that would carry a token; refused, and never written to a log.
+QUERY_TOKENS = frozenset({"token", "access_token", "api_token", "bearer", "auth"})
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: client, method, path (never the query string), status, time."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %s %.3fs',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            response.body_length,
+            time,
+        )
 
 
 class ApiServer:
@@ -74,7 +96,9 @@ class ApiServer:
 
     async def start(self) -> None:
         """Listen, or raise ConfigError naming the address when it cannot."""
-        runner = web.AppRunner(self.app, shutdown_timeout=2.0)
+        runner = web.AppRunner(
+            self.app, shutdown_timeout=2.0, access_log_class=AccessLogger, access_log=access_log
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
@@ -127,6 +151,13 @@ class ApiServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if any(k.lower() in QUERY_TOKENS for k in request.query):
+            raise ApiError(
+                401,
+                "a token in the query string is refused (query strings are logged and kept "
+                "in histories): send the header 'Authorization: Bearer <token>' instead",
+                "Authorization",
+            )
         if request.method in ("GET", "HEAD") and request.path in self._public:
             return await handler(request)  # the docs: a browser cannot send the token
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")

@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amoc.config import Config, Param, optional_port
+from amoc.config import Config, Param, non_negative_ms, optional_port
 
 if TYPE_CHECKING:
     from amoc.api.server import ApiServer
@@ -41,20 +41,37 @@ def _optional_token(value: Any) -> str | None:
     return value
 
 
+def _check_timeout(value: Any) -> float:
+    value = non_negative_ms(value)
+    if not 100 <= value <= 600_000:
+        raise ValueError("must be between 100 and 600000 ms")
+    return float(value)
+
+
 PARAMETERS: tuple[Param, ...] = (
-    Param("api_port", None, "port of the REST API (None: off, 0: any free port)", optional_port),
-    Param("api_host", "127.0.0.1", "address the REST API listens on", _host),
+    Param(
+        "api_port",
+        None,
+        "port of the REST API (None: off, 0: any free port)",
+        optional_port,
+        start_only=True,
+    ),
+    Param("api_host", "127.0.0.1", "address the REST API listens on", _host, start_only=True),
     Param(
         "api_token",
         None,
         f"bearer token of the REST API (None: a random one in run/<node>/{TOKEN_FILE})",
         _optional_token,
+        secret=True,
+        start_only=True,
+    ),
+    Param(
+        "scenario_check_timeout",
+        10_000,
+        "ms an upload's check (a separate process importing it) may take before it is killed",
+        _check_timeout,
     ),
 )
-
-# Parameters read once when the API starts: the API itself does not change them.
-START_ONLY = frozenset(p.name for p in PARAMETERS)
-SECRET = frozenset({"api_token"})
 
 
 def node_token(configured: str | None, run_dir: Path) -> tuple[str, Path | None]:
@@ -93,7 +110,11 @@ async def start_node_api(
         if master is not None
         else LocalProvider(controller, home.name),
         config,
-        ScenarioStore(controller.scenario_dirs, home.uploaded_dir),
+        ScenarioStore(
+            controller.scenario_dirs,
+            home.uploaded_dir,
+            timeout=lambda: float(config.get("scenario_check_timeout")) / 1000,
+        ),
         token=token,
         host=values["api_host"],
         port=values["api_port"],

@@ -23,6 +23,7 @@ import urllib.request
 from collections import deque
 from typing import Any
 
+from amoc.config import mask_url, scrub
 from amoc.metrics.histogram import describe, difference
 from amoc.metrics.registry import Registry
 
@@ -225,7 +226,10 @@ class GraphiteReporter:
         try:
             with urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT) as answer:
                 answer.read()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # a bad URL is a ValueError (InvalidURL)
             log.warning(
-                "graphite event %r not posted to %s: %s", event["what"], self.events_url, exc
+                "graphite event %r not posted to %s: %s",
+                event["what"],
+                mask_url(self.events_url),
+                scrub(str(exc), self.events_url),
             )

@@ -34,19 +34,24 @@ def _interval(value: Any) -> float | int:
     return value
 
 
-PARAMETERS: tuple[Param, ...] = (
-    Param("graphite_host", None, "carbon host for metrics (None: no Graphite)", optional_text),
-    Param("graphite_port", 2003, "carbon plaintext port", _port),
-    Param("graphite_prefix", "amoc", "prefix of every Graphite series", _prefix),
-    Param("graphite_interval", 5000, "ms between two reports to Graphite", _interval),
-    Param(
-        "graphite_events_url",
-        None,
-        "graphite-web events URL for annotations, e.g. http://127.0.0.1/events/",
-        optional_text,
-    ),
-    Param("prometheus_host", "127.0.0.1", "address of the /metrics endpoint", optional_text),
-    Param("prometheus_port", None, "port of the /metrics endpoint (None: off)", optional_port),
+PARAMETERS: tuple[Param, ...] = tuple(
+    # All read once when the exporters start: a change needs a restart of the node.
+    Param(name, default, description, verify, start_only=True)
+    for name, default, description, verify in (
+        ("graphite_host", None, "carbon host for metrics (None: no Graphite)", optional_text),
+        ("graphite_port", 2003, "carbon plaintext port", _port),
+        ("graphite_prefix", "amoc", "prefix of every Graphite series", _prefix),
+        ("graphite_interval", 5000, "ms between two reports to Graphite", _interval),
+        (
+            "graphite_events_url",
+            None,
+            "graphite-web events URL for annotations, e.g. http://127.0.0.1/events/ "
+            "(user:password@ in it is shown as ***)",
+            optional_text,
+        ),
+        ("prometheus_host", "127.0.0.1", "address of the /metrics endpoint", optional_text),
+        ("prometheus_port", None, "port of the /metrics endpoint (None: off)", optional_port),
+    )
 )
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,18 +79,23 @@ def write(
     parameters: Sequence[tuple[str, Any, str, str]],
     summary: dict[str, Any],
 ) -> Path:
-    """Write the report; the path of index.html."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write the report, readable by its owner only (0600 files, 0700 directory).
+
+    The path of index.html. `parameters` are shown as given: pass Config.describe()'s rows,
+    in which secrets are already ***."""
+    private_dir(directory)
     columns = ["t", *(c for c, _ in COLUMNS)]
     extra = sorted({k for r in rows for k in r} - set(columns))
     columns += extra
-    with open(directory / "series.csv", "w", newline="") as handle:
-        out = csv.writer(handle)
-        out.writerow(columns)
-        for r in rows:
-            out.writerow([_cell(r.get(c, math.nan)) for c in columns])
-    (directory / "summary.json").write_text(
-        json.dumps({"run": info, "metrics": summary}, indent=2, default=str) + "\n"
+    table = io.StringIO(newline="")
+    out = csv.writer(table)
+    out.writerow(columns)
+    for r in rows:
+        out.writerow([_cell(r.get(c, math.nan)) for c in columns])
+    private_write(directory / "series.csv", table.getvalue())
+    private_write(
+        directory / "summary.json",
+        json.dumps({"run": info, "metrics": summary}, indent=2, default=str) + "\n",
     )
     times = [r["t"] for r in rows]
     charts = [
@@ -132,8 +139,22 @@ figures: <a href="summary.json">summary.json</a>.</p>
 </body></html>
 """
     index = directory / "index.html"
-    index.write_text(page)
+    private_write(index, page)
     return index
+
+
+def private_dir(directory: Path) -> None:
+    """Make `directory` (and missing parents) with mode 0700; an existing one is narrowed."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+
+
+def private_write(path: Path, text: str) -> None:
+    """Write `text` to `path` with mode 0600 (an existing file is narrowed, never followed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
 
 
 def feature_charts(columns: Sequence[str]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:

@@ -272,7 +272,11 @@ async def test_node_api_is_off_by_default_and_writes_a_private_token(tmp_path: P
     config.declare(PARAMETERS)
     controller = Controller([home.uploaded_dir, home.scenarios_dir], config)
     assert await start_node_api(config, controller, home) is None  # api_port None: off
-    config.set("api_port", 0)
+    with pytest.raises(ConfigError, match="'api_port' is read when the node starts.*restart"):
+        config.set("api_port", 0)  # read at start: a change now would change nothing
+    config = Config(environ={})
+    config.declare(PARAMETERS)
+    config.set("api_port", 0)  # before the start: taken
     server = await start_node_api(config, controller, home)
     assert server is not None
     try:
@@ -287,9 +291,9 @@ async def test_node_api_is_off_by_default_and_writes_a_private_token(tmp_path: P
         rows = (await asyncio.to_thread(client.ok, "GET", "/api/config"))["parameters"]
         assert token not in json.dumps(rows)
         assert {r["name"]: r["value"] for r in rows}["api_token"] is None  # generated, not set
-        config.set("api_port", server.port)  # taken: a second API cannot start there
+        again = Config(environ={"AMOC_API_PORT": str(server.port)})  # a second API there
         with pytest.raises(ConfigError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(api_host"):
-            await start_node_api(config, controller, home)
+            await start_node_api(again, controller, home)
         assert not token_file.exists()  # the failed start took its token with it
     finally:
         await server.stop()
@@ -372,7 +376,7 @@ def test_node_drives_every_endpoint(node: NodeApi) -> None:
     assert rows["interarrival"]["value"] == 0
     assert rows["interarrival"]["source"] == "run-time value"
     assert rows["repeat_num"]["value"] == 50
-    assert rows["api_token"]["value"] == "<hidden>" and not rows["api_token"]["settable"]
+    assert rows["api_token"]["value"] == "***" and not rows["api_token"]["settable"]
     assert rows["api_port"]["value"] == node.port
 
     run = {
