@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
+import contextlib
 import json
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -21,14 +26,59 @@ from amoc.errors import AmocError, NodeError
 from amoc.home import Home
 from amoc.node import Node, running_pid, setup_logging, wait_for
 from amoc.report import thresholds
+from amoc.runner import Controller, State
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
+# A node told to stop whose loop does not end in this time (a loop blocked for good) exits
+# without a clean stop rather than never.
+SHUTDOWN_GRACE = 60.0
+# How long the CLI waits for a node's answer before calling it busy.
+ANSWER_TIMEOUT = 3.0
+# Exit code of `status` when the node lives but does not answer.
+NOT_ANSWERING = 4
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _not_running(home: Home) -> int:
     print(f"amoc: node {home.name!r} is not running (release {home.root})", file=sys.stderr)
     return 3
+
+
+def _not_answering(home: Home, pid: int) -> int:
+    busy = home.busy_for()
+    how = f"busy for {busy:.0f} s" if busy is not None else f"for {ANSWER_TIMEOUT:g} s at least"
+    print(
+        f"node {home.name!r} running (pid {pid}), not answering ({how}): its event loop is "
+        f"blocked; the log says by what: {home.log_file}"
+    )
+    return NOT_ANSWERING
+
+
+def _stop_on_signals(node: Node, signalled: list[int]) -> None:
+    """SIGTERM, SIGINT, SIGHUP: a clean stop (the run's report written); the same again, or
+    a loop that does not end within SHUTDOWN_GRACE, exits at once."""
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if signalled:
+            os._exit(128 + signum)
+        signalled.append(signum)
+        node.request_stop()
+
+        def last_resort() -> None:
+            if not node.stopped.wait(SHUTDOWN_GRACE):
+                logging.getLogger("amoc.node").error(
+                    "the node did not stop within %g s of %s (a blocked event loop?); "
+                    "exiting without a clean stop",
+                    SHUTDOWN_GRACE,
+                    signal.Signals(signum).name,
+                )
+                os._exit(128 + signum)
+
+        threading.Thread(target=last_resort, daemon=True).start()
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
 
 
 def cmd_console(home: Home, _args: argparse.Namespace) -> int:
@@ -67,19 +117,20 @@ def cmd_daemon(home: Home, _args: argparse.Namespace) -> int:
     except AmocError as exc:
         print(f"amoc: {exc}", file=sys.stderr)
         return 1
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda *_: node.request_stop())
+    signalled: list[int] = []
+    _stop_on_signals(node, signalled)
     while not node.stopped.wait(1.0):
         pass
     node.shutdown()
-    return 0
+    return 128 + signalled[0] if signalled else 0
 
 
 def cmd_start(home: Home, _args: argparse.Namespace) -> int:
-    """Start the node in the background."""
-    pid = running_pid(home)
+    """Start the node in the background (never a second one under a live name)."""
+    pid = home.holder()
     if pid is not None:
-        print(f"amoc: node {home.name!r} is already running (pid {pid})", file=sys.stderr)
+        busy = "" if running_pid(home) is not None else ", not answering"
+        print(f"amoc: node {home.name!r} is already running (pid {pid}{busy})", file=sys.stderr)
         return 1
     home.make_dirs()
     out_path = home.log_file.with_suffix(".out")
@@ -103,12 +154,16 @@ def cmd_start(home: Home, _args: argparse.Namespace) -> int:
 
 
 def cmd_stop(home: Home, _args: argparse.Namespace) -> int:
-    """Stop the background node."""
-    pid = running_pid(home)
-    if pid is None:
+    """Stop the background node (SIGTERM when its loop does not answer)."""
+    pid = home.holder()
+    if pid is None or pid < 0:
         return _not_running(home)
-    with Client(home.socket) as client:
-        client.request({"op": "stop"})
+    if running_pid(home) is None:
+        print(f"node {home.name!r} (pid {pid}) does not answer: sending it SIGTERM")
+        os.kill(pid, signal.SIGTERM)
+    else:
+        with Client(home.socket) as client:
+            client.request({"op": "stop"})
     if not wait_for(lambda: not _alive(pid), STOP_TIMEOUT, 0.1):
         print(f"amoc: node {home.name!r} (pid {pid}) did not stop in time", file=sys.stderr)
         return 1
@@ -117,11 +172,15 @@ def cmd_stop(home: Home, _args: argparse.Namespace) -> int:
 
 
 def cmd_status(home: Home, args: argparse.Namespace) -> int:
-    """Print what runs on the node."""
-    if running_pid(home) is None:
+    """Print what runs on the node; a live node that does not answer is said busy."""
+    pid = home.holder()
+    if pid is None:
         return _not_running(home)
-    with Client(home.socket) as client:
-        answer = client.request({"op": "status"})
+    try:
+        with Client(home.socket, timeout=ANSWER_TIMEOUT) as client:
+            answer = client.request({"op": "status"}, timeout=ANSWER_TIMEOUT)
+    except (NodeError, OSError, ValueError):
+        return _not_answering(home, pid)
     if args.json:
         print(json.dumps(answer, indent=2, default=repr))
         return 0
@@ -165,7 +224,8 @@ def cmd_keys(home: Home, args: argparse.Namespace) -> int:
 def cmd_attach(home: Home, _args: argparse.Namespace) -> int:
     """A console on the running node."""
     if running_pid(home) is None:
-        return _not_running(home)
+        pid = home.holder()
+        return _not_running(home) if pid is None else _not_answering(home, pid)
     return attach(home.socket, home.history_file)
 
 
@@ -180,7 +240,7 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
             return 2
         settings[name] = parse_literal(raw)
     if args.rate is not None:
-        if args.rate <= 0:
+        if not math.isfinite(args.rate) or args.rate <= 0:
             print("amoc: --rate must be > 0 users per second", file=sys.stderr)
             return 2
         settings["interarrival"] = 1000.0 / args.rate
@@ -198,8 +258,11 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
     except thresholds.ThresholdError as exc:
         print(f"amoc: {exc}", file=sys.stderr)
         return 2
-    if args.users < 1 or args.duration <= 0:
-        print("amoc: --users must be >= 1 and --duration > 0 seconds", file=sys.stderr)
+    if args.users < 1 or not math.isfinite(args.duration) or args.duration <= 0:
+        print(
+            "amoc: --users must be >= 1 and --duration a finite number of seconds > 0",
+            file=sys.stderr,
+        )
         return 2
     node = Node(home)
     if args.report:
@@ -211,17 +274,41 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
         return 1
     ctl = node.controller
     assert ctl is not None
+    # A signal ends the run early; the stop below still writes its report.
+    signalled: list[int] = []
+    ended = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if signalled:
+            os._exit(128 + signum)  # a second signal: no more waiting
+        signalled.append(signum)
+        ended.set()
+        with contextlib.suppress(RuntimeError):  # a start under way is called off
+            asyncio.run_coroutine_threadsafe(_stop_if_starting(ctl), node.loop)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     try:
         first = args.first
-        node.call(ctl.do(args.scenario, first, first + args.users - 1, settings, args.comment))
+        last = first + args.users - 1
+        node.call(ctl.do(args.scenario, first, last, settings, args.comment))
         deadline = time.monotonic() + args.duration
-        while time.monotonic() < deadline and ctl.status()["state"] == "running":
-            time.sleep(0.2)
-        final = node.call(ctl.stop())
+        while not ended.wait(0.2) and time.monotonic() < deadline:
+            try:
+                # Read in the loop that owns the controller, never from this thread.
+                if node.read(ctl.status, timeout=ANSWER_TIMEOUT)["state"] != "running":
+                    break
+            except concurrent.futures.TimeoutError:
+                continue  # a busy loop (the watchdog logs it): keep to the deadline
+        final = node.call(ctl.stop(), timeout=STOP_TIMEOUT)
     except AmocError as exc:
         print(f"amoc: {exc}", file=sys.stderr)
         node.shutdown()
-        return 2
+        return 128 + signalled[0] if signalled else 2
+    except concurrent.futures.TimeoutError:
+        print(f"amoc: the run did not stop within {STOP_TIMEOUT:g} s", file=sys.stderr)
+        node.shutdown()
+        return 1
     snapshot = metrics.REGISTRY.snapshot()
     summary = metrics.summary(snapshot)
     written = node.recorder.last_report if node.recorder else None
@@ -241,7 +328,16 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
             print(f"report: {written}")
     for line in failed:
         print(f"amoc: {line}", file=sys.stderr)
+    if signalled:
+        name = signal.Signals(signalled[0]).name
+        print(f"amoc: the run was ended early by {name}", file=sys.stderr)
+        return 128 + signalled[0]
     return 1 if failed else 0
+
+
+async def _stop_if_starting(ctl: Controller) -> None:
+    if ctl.state is State.STARTING:
+        await ctl.stop()
 
 
 def _print_report(report: dict[str, Any]) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +54,11 @@ class Home:
         return self.run_dir / "node.pid"
 
     @property
+    def busy_file(self) -> Path:
+        """Written by the node's watchdog while its event loop is blocked: since when."""
+        return self.run_dir / "loop.busy"
+
+    @property
     def log_file(self) -> Path:
         """The node's log."""
         return self.root / "log" / f"{self.name}.log"
@@ -75,3 +83,44 @@ class Home:
             directory.mkdir(parents=True, exist_ok=True)
             os.chmod(directory, 0o700)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def lock(self) -> int:
+        """Take the node's name for this process: the pid file, locked while it lives.
+
+        The lock goes with the process, however it ends, so that a live node (busy or not)
+        is told from a dead one's leftover file. Raises BlockingIOError if a live node
+        holds it. Returns the file descriptor to keep open.
+        """
+        self.make_dirs()
+        fd = os.open(self.pidfile, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    def holder(self) -> int | None:
+        """The pid of the live process that holds this node's name, or None."""
+        try:
+            fd = os.open(self.pidfile, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                return int(text) if text.isdigit() else -1
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None  # a dead node's file
+        finally:
+            os.close(fd)
+
+    def busy_for(self) -> float | None:
+        """Seconds the node's event loop has been blocked, when its watchdog says so."""
+        with contextlib.suppress(OSError, ValueError):
+            return max(0.0, time.time() - float(self.busy_file.read_text()))
+        return None

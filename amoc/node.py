@@ -12,11 +12,11 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from amoc import __version__, api, metrics
+from amoc import __version__, api, metrics, watchdog
 from amoc import scenario as scenario_mod
 from amoc.cluster import settings as cluster_settings
 from amoc.cluster.master import Master
@@ -108,23 +108,36 @@ class Node:
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._lock_fd: int | None = None
+        self.watchdog: watchdog.Watchdog | None = None
 
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the loop thread and wait until the node serves its socket."""
-        pid = running_pid(self.home)
-        if pid is not None:
+        try:
+            self._lock_fd = self.home.lock()
+        except BlockingIOError:
+            pid = self.home.holder()
+            busy = "" if running_pid(self.home) is not None else ", not answering"
             raise NodeError(
-                f"node {self.home.name!r} is already running (pid {pid}); "
+                f"node {self.home.name!r} is already running (pid {pid}{busy}); "
                 "use `bin/amoc attach` or `bin/amoc stop`"
-            )
-        self.home.make_dirs()
+            ) from None
+        try:
+            self._start()
+        except BaseException:
+            self._release()
+            raise
+        log.info("node %s started (pid %d, amoc %s)", self.home.name, os.getpid(), __version__)
+
+    def _start(self) -> None:
         self.config.load_app(self.home.app_config)
         self.config.declare(metrics.PARAMETERS)
         self.config.declare(api.PARAMETERS)
         self.config.declare(cluster_settings.PARAMETERS)
         self.config.declare(report_recorder.PARAMETERS)
+        self.config.declare(watchdog.PARAMETERS)
         install_streams()
         tune_gc()
         self._thread = threading.Thread(target=self._run, name="amoc-loop", daemon=True)
@@ -132,8 +145,17 @@ class Node:
         self._ready.wait()
         if self._failure is not None:
             raise NodeError(f"node failed to start: {self._failure}") from self._failure
-        self.home.pidfile.write_text(f"{os.getpid()}\n")
-        log.info("node %s started (pid %d, amoc %s)", self.home.name, os.getpid(), __version__)
+        self.watchdog = watchdog.Watchdog(self.loop, self._thread, self.home.busy_file, self.config)
+        self.watchdog.start()
+
+    def _release(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self._lock_fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.home.pidfile.unlink()
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def request_stop(self) -> None:
         """Ask the node to stop (from any thread)."""
@@ -146,8 +168,7 @@ class Node:
         self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
-        with contextlib.suppress(FileNotFoundError):
-            self.home.pidfile.unlink()
+        self._release()
 
     def call(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
         """Run a coroutine in the node's loop and wait for its result (not from the loop)."""
@@ -158,6 +179,10 @@ class Node:
             coro.close()
             raise NodeError("the node is stopped")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def read(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Call `fn` (a read of loop-owned state) in the node's loop; its result."""
+        return self.call(_now(fn), timeout)
 
     def namespace(self) -> dict[str, Any]:
         """What a console sees."""
@@ -252,15 +277,16 @@ class Node:
         finally:
             log.info("node %s stopping", self.home.name)
             server.close()
-            if self.recorder is not None:
-                await self.recorder.stop()
             if api_server is not None:
                 await api_server.stop()
             if self.slave is not None:
                 await self.slave.stop()
             if self.master is not None:
                 await self.master.close()
+            # The run stops before the recorder: its report is written (SIGTERM included).
             await self.controller.close()
+            if self.recorder is not None:
+                await self.recorder.stop()
             await self.metrics_service.stop()
             with contextlib.suppress(FileNotFoundError):
                 self.home.socket.unlink()
@@ -342,6 +368,10 @@ class Node:
     def _stop_soon(self) -> None:
         if self._stop is not None:
             self._stop.set()
+
+
+async def _now(read: Callable[[], Any]) -> Any:
+    return read()
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:

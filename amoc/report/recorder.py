@@ -14,12 +14,15 @@ from typing import Any
 
 from amoc import metrics
 from amoc.config import Config, Param, optional_text
+from amoc.metrics.histogram import difference
 from amoc.report import html
 from amoc.report.figures import row, total
 
 log = logging.getLogger("amoc.report")
 
 MAX_ROWS = 7 * 24 * 3600  # a week of seconds
+# Runs that start within one second share a time stamp: their directories get -2, -3...
+_MAX_SUFFIX = 10_000
 
 
 def _flag(value: Any) -> bool:
@@ -52,15 +55,18 @@ class Recorder:
         self.last_report: Path | None = None
         self._task: asyncio.Task[None] | None = None
         self._before: dict[str, Any] | None = None
+        self._at_start: dict[str, Any] | None = None  # the figures when the run started
 
     def start(self) -> None:
         """Listen for scenario starts and stops (inside the node's loop)."""
         metrics.REGISTRY.on_annotation(self._event)
 
     async def stop(self) -> None:
-        """Stop listening and sampling."""
+        """Stop listening and sampling; a run still going (a master's) gets its report now."""
         metrics.REGISTRY.off_annotation(self._event)
         await self._halt()
+        if self.info is not None:
+            self._finish()
 
     async def _halt(self) -> None:
         task, self._task = self._task, None
@@ -80,6 +86,7 @@ class Recorder:
             }
             self.rows.clear()
             self._before = None
+            self._at_start = metrics.REGISTRY.snapshot()
             self._take()
             if self._task is None or self._task.done():
                 self._task = asyncio.get_running_loop().create_task(self._run(), name="recorder")
@@ -88,13 +95,16 @@ class Recorder:
             if self._task is not None:
                 self._task.cancel()
                 self._task = None
-            if self.config.get("report"):
-                try:
-                    self.last_report = self.write()
-                    log.info("report written: %s", self.last_report)
-                except OSError as exc:
-                    log.error("the report could not be written: %s", exc)
-            self.info = None
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.config.get("report"):
+            try:
+                self.last_report = self.write()
+                log.info("report written: %s", self.last_report)
+            except OSError as exc:
+                log.error("the report could not be written: %s", exc)
+        self.info = None
 
     async def _run(self) -> None:
         while True:
@@ -122,7 +132,36 @@ class Recorder:
         base = Path(self.config.get("report_dir") or self.default_dir)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self.info["started"]))
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(self.info["scenario"]))
-        directory = base / f"{stamp}-{name}"
+        directory = _new_directory(base, f"{stamp}-{name}")
         info = {**self.info, "duration_s": time.time() - self.info["started"]}
-        summary = metrics.summary(metrics.REGISTRY.snapshot())
+        summary = metrics.summary(since(metrics.REGISTRY.snapshot(), self._at_start))
         return html.write(directory, list(self.rows), info, self.config.describe(), summary)
+
+
+def _new_directory(base: Path, name: str) -> Path:
+    """A directory of its own under `base`: `name`, else `name-2`, `name-3`..."""
+    base.mkdir(parents=True, exist_ok=True)
+    for n in range(1, _MAX_SUFFIX):
+        directory = base / (name if n == 1 else f"{name}-{n}")
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return directory
+    raise OSError(f"{_MAX_SUFFIX} reports named {name} in {base}: remove some")
+
+
+def since(now: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
+    """The figures of a run: counters and histograms from `before`, gauges as they are now."""
+    if before is None:
+        return now
+    old = before.get("counters", {})
+    old_hists = before.get("histograms", {})
+    return {
+        **now,
+        # A node restarted during the run counts from 0 again: never below 0.
+        "counters": {n: max(0, v - old.get(n, 0)) for n, v in now.get("counters", {}).items()},
+        "histograms": {
+            n: difference(h, old_hists.get(n)) for n, h in now.get("histograms", {}).items()
+        },
+    }
