@@ -56,8 +56,7 @@ class Watchdog:
         self.warn_after = float(config.get("loop_block_warn")) / 1000.0
         self.log_every = float(config.get("loop_block_log_every")) / 1000.0
         self.blocked_since: float | None = None  # time.time() of the last turn, when blocked
-        self._last_beat = time.monotonic()
-        self._posted = False
+        self._posted_at: float | None = None  # when the beat now in the loop's queue was sent
         self._done = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -75,22 +74,22 @@ class Watchdog:
             self.busy_file.unlink()
 
     def _beat(self) -> None:
-        self._last_beat = time.monotonic()
-        self._posted = False
+        self._posted_at = None
 
     def _watch(self) -> None:
         last_log = 0.0
         while not self._done.wait(_TICK_S):
             if self.loop.is_closed():
                 return
-            if not self._posted:
-                self._posted = True
+            posted = self._posted_at
+            if posted is None:
+                self._posted_at = posted = time.monotonic()
                 try:
                     self.loop.call_soon_threadsafe(self._beat)
                 except RuntimeError:  # the loop closed meanwhile
                     return
             now = time.monotonic()
-            lag = now - self._last_beat
+            lag = now - posted  # how long the loop has not taken the beat
             if lag < self.warn_after:
                 if self.blocked_since is not None:
                     log.warning("the event loop turns again after %.1f s blocked", lag)
