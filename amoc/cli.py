@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amoc import __version__, metrics
+from amoc import __version__, api, metrics
+from amoc.cluster import settings as cluster_settings
 from amoc.config import parse_literal
 from amoc.console import LEAVE_FOREGROUND, attach, interact
 from amoc.control import Client
@@ -267,6 +268,16 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
     node = Node(home)
     if args.report:
         node.config.set("report_dir", str(Path(args.report).resolve()), strict=False)
+    # Settings read when the node starts (prometheus_*, graphite_*, api_*, cluster_*) go in
+    # before it.
+    node.config.declare([*metrics.PARAMETERS, *api.PARAMETERS, *cluster_settings.PARAMETERS])
+    declared = node.config.known()
+    try:
+        for name in [n for n in settings if getattr(declared.get(n.lower()), "start_only", False)]:
+            node.config.set(name, settings.pop(name))
+    except AmocError as exc:
+        print(f"amoc: {exc}", file=sys.stderr)
+        return 2
     try:
         node.start()
     except AmocError as exc:

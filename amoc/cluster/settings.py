@@ -32,22 +32,49 @@ def _positive_ms(value: Any) -> float:
     return float(value)
 
 
+# All read once, when the node starts: a change needs a restart.
 PARAMETERS: tuple[Param, ...] = (
-    Param("cluster_role", "local", "local (no cluster), master or slave", _role),
-    Param("cluster_bind", "tcp://127.0.0.1:4200", "where the master listens for slaves", _endpoint),
-    Param("cluster_master", "tcp://127.0.0.1:4200", "the master a slave dials", _endpoint),
+    Param("cluster_role", "local", "local (no cluster), master or slave", _role, start_only=True),
+    Param(
+        "cluster_bind",
+        "tcp://127.0.0.1:4200",
+        "where the master listens for slaves",
+        _endpoint,
+        start_only=True,
+    ),
+    Param(
+        "cluster_master",
+        "tcp://127.0.0.1:4200",
+        "the master a slave dials",
+        _endpoint,
+        start_only=True,
+    ),
     Param(
         "cluster_keys",
         None,
         "directory of the cluster's CURVE keys (default: the release's keys/)",
         optional_text,
+        start_only=True,
     ),
-    Param("cluster_capacity", 1.0, "this slave's weight for the weighted strategy", _capacity),
-    Param("cluster_heartbeat", 1000, "ms between two heartbeats, both ways", _positive_ms),
+    Param(
+        "cluster_capacity",
+        1.0,
+        "this slave's weight for the weighted strategy",
+        _capacity,
+        start_only=True,
+    ),
+    Param(
+        "cluster_heartbeat",
+        1000,
+        "ms between two heartbeats, both ways",
+        _positive_ms,
+        start_only=True,
+    ),
     Param(
         "cluster_down_after",
         3000,
         "ms without a heartbeat after which a node is marked down",
         _positive_ms,
+        start_only=True,
     ),
 )

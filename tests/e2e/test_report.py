@@ -131,3 +131,13 @@ def test_a_run_whose_logins_fail_exits_1_unless_errors_are_allowed(
     assert allowed.returncode == 0, allowed.stderr
     bad = run(release, *args, "--max-error-ratio", "2")
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
+
+
+def test_settings_read_at_start_can_be_given_to_a_headless_run(release: Path) -> None:
+    done = run(
+        release, "dummy", "--users", "2", "--duration", "1", "--set", "dummy_wait=100",
+        "--set", f"prometheus_port={free_port()}",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    bad = run(release, "dummy", "--users", "1", "--duration", "1", "--set", "prometheus_port=abc")
+    assert bad.returncode == 2 and "prometheus_port" in bad.stderr
