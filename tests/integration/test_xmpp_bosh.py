@@ -119,7 +119,7 @@ def test_tcp_and_bosh_users_mixed_by_id_chat_with_each_other(
     assert len(got) == 2 * MESSAGES and len({m.body for m in got}) == 2 * MESSAGES
 
 
-RUNNER_IDS = {"ejabberd_tls_server": 61_001, "prosody_server": 61_101}
+RUNNER_IDS = {"ejabberd_tls_server": 90_001, "prosody_server": 90_101}  # ids of its own
 
 
 @pytest.mark.parametrize("fixture", sorted(BOSH_PATHS))
