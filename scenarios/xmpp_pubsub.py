@@ -204,17 +204,24 @@ def _service_of(client: xmpp.Session) -> str | None:
     return amoc_config.get("pubsub_service") or f"pubsub.{client.settings.domain}"
 
 
-async def _again(what: Callable[[], Awaitable[None]]) -> None:
-    """Run an owner's request, again (up to ATTEMPTS times) after a transient refusal."""
+async def _again(what: Callable[[], Awaitable[None]], done_if: tuple[str, ...] = ()) -> bool:
+    """Run an owner's request, again (up to ATTEMPTS times) after a transient refusal.
+
+    ejabberd 23.01 can report a database failure for a request it did carry out: on a
+    retry, a condition in `done_if` (a deleted node is no longer ours: forbidden) means
+    the first attempt took effect (then True)."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             await what()
-            return
+            return False
         except xmpp.IqError as exc:
+            if attempt > 1 and exc.condition in done_if:
+                return True
             if exc.condition not in TRANSIENT or attempt == ATTEMPTS:
                 raise
             metrics.counter("pubsub.retries").inc()
             await asyncio.sleep(random.uniform(0.02, 0.2) * attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 async def _publish(client: xmpp.Session, node: str, subscribers: list[str]) -> None:
@@ -280,7 +287,12 @@ async def _publish(client: xmpp.Session, node: str, subscribers: list[str]) -> N
             )
         except xmpp.ReceiveTimeout:
             log.warning("%s: not every subscriber of %s is done; deleting it", client.jid, node)
-        await _again(lambda: pubsub.delete_node(client, service, node))
+        earlier = await _again(
+            lambda: pubsub.delete_node(client, service, node),
+            done_if=("forbidden", "item-not-found"),
+        )
+        if earlier:  # deleted by the attempt the server reported as failed
+            metrics.counter("xmpp.pubsub.nodes.deleted").inc()
     finally:
         client.remove_handler(listening)
         if own is not None:
