@@ -287,12 +287,20 @@ async def _publish(client: xmpp.Session, node: str, subscribers: list[str]) -> N
             )
         except xmpp.ReceiveTimeout:
             log.warning("%s: not every subscriber of %s is done; deleting it", client.jid, node)
-        earlier = await _again(
-            lambda: pubsub.delete_node(client, service, node),
-            done_if=("forbidden", "item-not-found"),
-        )
-        if earlier:  # deleted by the attempt the server reported as failed
-            metrics.counter("xmpp.pubsub.nodes.deleted").inc()
+        try:
+            earlier = await _again(
+                lambda: pubsub.delete_node(client, service, node),
+                done_if=("forbidden", "item-not-found"),
+            )
+        except xmpp.IqError as exc:
+            # Cleanup, after every item was delivered: ejabberd 23.01 sometimes refuses the
+            # owner's delete under load (forbidden, mnesia lock cycles). Counted, not a
+            # failed run: the load test's figures are whole.
+            metrics.counter("pubsub.cleanup_refused").inc()
+            log.warning("%s: node %s was not deleted: %s", client.jid, node, exc)
+        else:
+            if earlier:  # deleted by the attempt the server reported as failed
+                metrics.counter("xmpp.pubsub.nodes.deleted").inc()
     finally:
         client.remove_handler(listening)
         if own is not None:

@@ -254,6 +254,7 @@ def test_pubsub_scenario_every_item_reaches_every_subscriber(server: XmppServer,
         "xmpp.pubsub.items.published", "xmpp.pubsub.items.received", "xmpp.pubsub.nodes.created",
         "xmpp.pubsub.nodes.deleted", "pubsub.expected", "pubsub.received", "pubsub.incomplete",
         "pubsub.groups", "pubsub.groups.partial", "pubsub.unready", "users.failed",
+        "pubsub.cleanup_refused",
     )  # fmt: skip
     settings = scenario_settings(
         server,
@@ -273,7 +274,13 @@ def test_pubsub_scenario_every_item_reaches_every_subscriber(server: XmppServer,
     own = groups * ITEMS if mode == "pep" and server.kind == "ejabberd" else 0
     # Every item was timed per receiver: this server's event format keeps the stamp.
     assert metrics.histogram("xmpp.pubsub.ttd_ms").count - timed == delivered + own
-    assert grown(before) == {
+    grew = grown(before)
+    # ejabberd may refuse an owner's delete under load: counted apart, every node is gone
+    # or counted.
+    refused = grew.pop("pubsub.cleanup_refused")
+    assert refused == 0 or server.kind == "ejabberd"
+    grew["xmpp.pubsub.nodes.deleted"] += refused
+    assert grew == {
         "xmpp.pubsub.items.published": groups * ITEMS,
         "xmpp.pubsub.items.received": delivered + own,
         "xmpp.pubsub.nodes.created": groups,
