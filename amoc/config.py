@@ -222,6 +222,18 @@ def non_negative_int(value: Any) -> int:
     return value
 
 
+def at_least(low: int) -> Verifier:
+    """A verifier of a count: an integer >= `low`."""
+
+    def verify(value: Any) -> int:
+        count = non_negative_int(value)
+        if count < low:
+            raise ValueError(f"must be >= {low}")
+        return count
+
+    return verify
+
+
 def repeat_count(value: Any) -> float | int:
     """Verify a repeat count: an integer >= 1 or infinity (`"infinity"`, `math.inf`)."""
     if isinstance(value, str) and value.strip().lower() in ("infinity", "inf"):

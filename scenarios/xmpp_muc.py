@@ -39,28 +39,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from amoc import metrics, xmpp
-from amoc.config import amoc_config, non_negative_int, non_negative_ms, optional_text, param
+from amoc.config import (
+    amoc_config,
+    at_least,
+    non_negative_int,
+    non_negative_ms,
+    optional_text,
+    param,
+)
 from amoc.errors import ConfigError
 from amoc.xmpp import muc
 
 log = logging.getLogger("amoc.scenario.xmpp_muc")
 
 POLL_MS = 100.0  # how often a user asks whether its room exists yet
-
-
-def _at_least(low: int) -> Callable[[Any], int]:
-    def verify(value: Any) -> int:
-        count = non_negative_int(value)
-        if count < low:
-            raise ValueError(f"must be >= {low}")
-        return count
-
-    return verify
 
 
 def _service(value: Any) -> str | None:
@@ -80,12 +76,12 @@ def _prefix(value: Any) -> str:
 
 PARAMETERS = [
     *xmpp.PARAMETERS,
-    param("users_per_room", 10, "occupants of each room", _at_least(1)),
+    param("users_per_room", 10, "occupants of each room", at_least(1)),
     param(
         "rooms_per_user",
         1,
         "rooms each user is in (1 to users_per_room)",
-        _at_least(1),
+        at_least(1),
     ),
     param(
         "messages_per_user",

@@ -45,7 +45,13 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from amoc import coordinator, metrics, xmpp
-from amoc.config import amoc_config, non_negative_int, non_negative_ms, optional_text, param
+from amoc.config import (
+    amoc_config,
+    at_least,
+    non_negative_ms,
+    optional_text,
+    param,
+)
 from amoc.xmpp import pred, pubsub
 from amoc.xmpp.parser import Element
 from amoc.xmpp.tally import Tally
@@ -62,16 +68,6 @@ MODES = ("service", "pep")
 # requests are tried again, each failure still counted in xmpp.iq.pubsub_*.errors.
 TRANSIENT = ("internal-server-error", "resource-constraint")
 ATTEMPTS = 5
-
-
-def _at_least(low: int) -> Callable[[Any], int]:
-    def verify(value: Any) -> int:
-        count = non_negative_int(value)
-        if count < low:
-            raise ValueError(f"must be >= {low}")
-        return count
-
-    return verify
 
 
 def _service(value: Any) -> str | None:
@@ -98,8 +94,8 @@ def _positive_ms(value: Any) -> float | int:
 
 PARAMETERS = [
     *xmpp.PARAMETERS,
-    param("subscribers_per_node", 10, "subscribers of each publisher's node", _at_least(1)),
-    param("items_per_publisher", 10, "items each publisher publishes per run", _at_least(1)),
+    param("subscribers_per_node", 10, "subscribers of each publisher's node", at_least(1)),
+    param("items_per_publisher", 10, "items each publisher publishes per run", at_least(1)),
     param("publish_interval", 1000, "ms between two items of a publisher", non_negative_ms),
     param("pubsub_service", None, "the PubSub service (None: pubsub.<xmpp_domain>)", _service),
     param("pubsub_mode", "service", "service: nodes on pubsub_service; pep: own PEP nodes", MODES),
