@@ -8,6 +8,7 @@ Off unless `api_port` is set. `start_node_api` starts it with a node; `ApiServer
 from __future__ import annotations
 
 from amoc.api.provider import ClusterProvider, LocalProvider
-from amoc.api.service import PARAMETERS, start_node_api
+from amoc.api.service import start_node_api
+from amoc.api.settings import PARAMETERS
 
 __all__ = ["PARAMETERS", "ClusterProvider", "LocalProvider", "start_node_api"]

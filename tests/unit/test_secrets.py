@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from amoc.api.routes import check_values, config_rows
-from amoc.api.service import PARAMETERS as API_PARAMETERS
+from amoc.api.settings import PARAMETERS as API_PARAMETERS
 from amoc.api.validation import ApiError
 from amoc.config import MASK, Config, is_secret_name, mask_url, param, scrub
 from amoc.errors import ConfigError
