@@ -19,11 +19,11 @@ import json
 import logging
 import math
 import time
-import urllib.request
 from collections import deque
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
-from amoc.config import mask_url, scrub
+from amoc.config import Param, mask_url, non_negative_ms, optional_port, optional_text, scrub
 from amoc.metrics.histogram import describe, difference
 from amoc.metrics.registry import Registry
 
@@ -37,8 +37,47 @@ def _series(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
+def _port(value: Any) -> int:
+    port = optional_port(value)
+    if port is None or port == 0:
+        raise ValueError("must be a port between 1 and 65535")
+    return port
+
+
+def _prefix(value: Any) -> str:
+    text = optional_text(value) or ""
+    if any(c.isspace() for c in text) or text.startswith(".") or text.endswith("."):
+        raise ValueError("must be dotted words without spaces, e.g. 'amoc.run1'")
+    return text
+
+
+def _interval(value: Any) -> float | int:
+    ms = non_negative_ms(value)
+    if ms < 100:
+        raise ValueError("must be at least 100 ms")
+    return ms
+
+
 class GraphiteReporter:
     """Sends the registry's values to carbon every `interval` seconds."""
+
+    PARAMETERS: ClassVar[tuple[Param, ...]] = tuple(
+        # All read once when the node starts: a change needs a restart of the node.
+        Param(name, default, description, verify, start_only=True)
+        for name, default, description, verify in (
+            ("graphite_host", None, "carbon host for metrics (None: no Graphite)", optional_text),
+            ("graphite_port", 2003, "carbon plaintext port", _port),
+            ("graphite_prefix", "amoc", "prefix of every Graphite series", _prefix),
+            ("graphite_interval", 5000, "ms between two reports to Graphite", _interval),
+            (
+                "graphite_events_url",
+                None,
+                "graphite-web events URL for annotations, e.g. http://127.0.0.1/events/ "
+                "(user:password@ in it is shown as ***)",
+                optional_text,
+            ),
+        )
+    )
 
     def __init__(
         self,
@@ -67,9 +106,23 @@ class GraphiteReporter:
         self._warned = False
         registry.on_annotation(self._events.append)
 
+    @classmethod
+    def from_settings(cls, registry: Registry, values: Mapping[str, Any]) -> Self | None:
+        """A reporter to `graphite_host`, or None when it is not set."""
+        if not values["graphite_host"]:
+            return None
+        return cls(
+            registry,
+            host=values["graphite_host"],
+            port=values["graphite_port"],
+            prefix=values["graphite_prefix"],
+            interval=values["graphite_interval"] / 1000,
+            events_url=values["graphite_events_url"],
+        )
+
     # -- life cycle ---------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Start reporting (inside the running loop)."""
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="graphite")
 
@@ -210,6 +263,8 @@ class GraphiteReporter:
                 await writer.wait_closed()
 
     def _post_event(self, event: dict[str, Any]) -> None:
+        import urllib.request  # here: a node without events_url does not load it (16 ms)
+
         assert self.events_url is not None
         tags = [event["what"]] + [f"{k}={v}" for k, v in sorted(event["tags"].items())]
         body = json.dumps(

@@ -7,7 +7,10 @@ import contextlib
 import logging
 import math
 import re
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
+from amoc.config import Param, optional_port, optional_text
 from amoc.errors import ConfigError
 from amoc.metrics.histogram import describe
 from amoc.metrics.registry import Registry
@@ -55,10 +58,35 @@ def render(registry: Registry) -> str:
 class PrometheusEndpoint:
     """Serves GET /metrics on host:port (port 0: any free port, see `.port`)."""
 
+    PARAMETERS: ClassVar[tuple[Param, ...]] = (
+        # Read once when the node starts: a change needs a restart of the node.
+        Param(
+            "prometheus_host",
+            "127.0.0.1",
+            "address of the /metrics endpoint",
+            optional_text,
+            start_only=True,
+        ),
+        Param(
+            "prometheus_port",
+            None,
+            "port of the /metrics endpoint (None: off)",
+            optional_port,
+            start_only=True,
+        ),
+    )
+
     def __init__(self, registry: Registry, host: str = "127.0.0.1", port: int = 0) -> None:
         self.registry = registry
         self.host, self.port = host, port
         self._server: asyncio.Server | None = None
+
+    @classmethod
+    def from_settings(cls, registry: Registry, values: Mapping[str, Any]) -> Self | None:
+        """An endpoint on `prometheus_port`, or None when it is not set."""
+        if values["prometheus_port"] is None:
+            return None
+        return cls(registry, values["prometheus_host"] or "127.0.0.1", values["prometheus_port"])
 
     async def start(self) -> None:
         """Listen, or raise ConfigError naming the address when it cannot."""

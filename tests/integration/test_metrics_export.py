@@ -106,7 +106,7 @@ async def test_reporter_sends_counters_gauges_histograms_and_annotations(carbon:
     record_ttd(registry)
     event = registry.annotate("scenario_start", comment="baseline")
     stanzas = registry.counter("xmpp.stanzas.in")
-    reporter.start()
+    await reporter.start()
     try:
         with ticking(lambda: stanzas.inc(10), 0.05):
             count = await carbon.aread("t1.xmpp.messages.sent.count")
@@ -157,7 +157,7 @@ async def test_reporter_keeps_metrics_while_carbon_is_down(
         registry.annotate(annotated[-1])
 
     sent.inc()
-    reporter.start()
+    await reporter.start()
     try:
         await carbon.aread("t2.sent.count")
         assert reporter.connected
@@ -207,8 +207,10 @@ async def test_metrics_service_flushes_to_graphite_on_stop(carbon: Carbon) -> No
     service = MetricsService(config, registry)
     await service.start()
     try:
-        assert service.graphite is not None and service.graphite.interval == 60
-        port = service.prometheus.port
+        graphite, prometheus = service.exporters
+        assert isinstance(graphite, GraphiteReporter) and graphite.interval == 60
+        assert isinstance(prometheus, PrometheusEndpoint)
+        port = prometheus.port
         assert port > 0
         status, _, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
         assert status == 200
@@ -217,7 +219,7 @@ async def test_metrics_service_flushes_to_graphite_on_stop(carbon: Carbon) -> No
         assert carbon.points("t3.final.count") == []
     finally:
         await asyncio.wait_for(service.stop(), 10)
-    assert service.graphite is None and service.prometheus is None
+    assert service.exporters == []
 
     assert values(await carbon.aread("t3.final.count")) == [5.0]
     assert values(await carbon.aread("t3.xmpp.ttd_ms.count")) == [200.0]

@@ -2,13 +2,18 @@
 
 import math
 import random
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
 import pytest
 
-from amoc.metrics import Registry, merge, summary
+from amoc.config import Config, Param
+from amoc.metrics import MetricsService, Registry, merge, summary
+from amoc.metrics import service as metrics_service
+from amoc.metrics.exporter import Exporter
 from amoc.metrics.graphite import GraphiteReporter
 from amoc.metrics.histogram import ACCURACY, Histogram, describe, difference, merge_snapshots
-from amoc.metrics.prometheus import render
+from amoc.metrics.prometheus import PrometheusEndpoint, render
 
 pytestmark = pytest.mark.unit
 
@@ -116,3 +121,59 @@ async def test_graphite_lines_rates_and_interval_percentiles() -> None:
     assert "load.ttd.count 1 1010" in second
     assert "load.ttd.max 100.000 1010" in second
     assert any(line.startswith("load.events.scenario_start 1 ") for line in second)
+
+
+class Recorder:
+    """An exporter that only notes what was asked of it."""
+
+    PARAMETERS: ClassVar[tuple[Param, ...]] = (
+        Param("recorder_names", None, "names of recorders to run (None: none)", start_only=True),
+    )
+    log: ClassVar[list[str]] = []
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @classmethod
+    def from_settings(cls, registry: Registry, values: Mapping[str, Any]) -> Self | None:
+        return cls(values["recorder_names"]) if values["recorder_names"] else None
+
+    async def start(self) -> None:
+        self.log.append(f"start {self.name}")
+
+    async def stop(self) -> None:
+        self.log.append(f"stop {self.name}")
+
+
+def test_every_exporter_declares_start_only_settings_listed_by_the_service() -> None:
+    kinds: tuple[type[Exporter], ...] = metrics_service.EXPORTERS
+    assert kinds == (GraphiteReporter, PrometheusEndpoint)
+    assert tuple(p for k in kinds for p in k.PARAMETERS) == metrics_service.PARAMETERS
+    assert all(p.start_only for p in metrics_service.PARAMETERS)
+    config = Config(environ={})
+    config.declare(metrics_service.PARAMETERS)
+    values = config.resolve(metrics_service.PARAMETERS)
+    assert [k.from_settings(Registry(), values) for k in kinds] == [None, None]  # off by default
+
+
+async def test_the_service_runs_the_exporters_its_list_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new exporter is one class and one entry in EXPORTERS; the service does the rest."""
+    kinds = (*metrics_service.EXPORTERS, Recorder)
+    monkeypatch.setattr(metrics_service, "EXPORTERS", kinds)
+    monkeypatch.setattr(
+        metrics_service, "PARAMETERS", tuple(p for k in kinds for p in k.PARAMETERS)
+    )
+    Recorder.log.clear()
+    config = Config(environ={})
+    config.declare(metrics_service.PARAMETERS)
+    config.set("recorder_names", "r1")
+    config.set("prometheus_port", 0)
+    service = MetricsService(config, Registry())
+    await service.start()
+    prometheus, recorder = service.exporters
+    assert isinstance(prometheus, PrometheusEndpoint) and prometheus.port > 0
+    assert isinstance(recorder, Recorder) and Recorder.log == ["start r1"]
+    await service.stop()
+    assert Recorder.log == ["start r1", "stop r1"] and service.exporters == []
