@@ -22,7 +22,7 @@ from amoc import __version__, api, metrics
 from amoc.cluster import settings as cluster_settings
 from amoc.config import parse_literal
 from amoc.console import LEAVE_FOREGROUND, attach, interact
-from amoc.control import Client
+from amoc.console_socket import ConsoleClient
 from amoc.errors import AmocError, NodeError
 from amoc.home import Home
 from amoc.node import Node, running_pid, setup_logging, wait_for
@@ -163,7 +163,7 @@ def cmd_stop(home: Home, _args: argparse.Namespace) -> int:
         print(f"node {home.name!r} (pid {pid}) does not answer: sending it SIGTERM")
         os.kill(pid, signal.SIGTERM)
     else:
-        with Client(home.socket) as client:
+        with ConsoleClient(home.socket) as client:
             client.request({"op": "stop"})
     if not wait_for(lambda: not _alive(pid), STOP_TIMEOUT, 0.1):
         print(f"amoc: node {home.name!r} (pid {pid}) did not stop in time", file=sys.stderr)
@@ -178,7 +178,7 @@ def cmd_status(home: Home, args: argparse.Namespace) -> int:
     if pid is None:
         return _not_running(home)
     try:
-        with Client(home.socket, timeout=ANSWER_TIMEOUT) as client:
+        with ConsoleClient(home.socket, timeout=ANSWER_TIMEOUT) as client:
             answer = client.request({"op": "status"}, timeout=ANSWER_TIMEOUT)
     except (NodeError, OSError, ValueError):
         return _not_answering(home, pid)

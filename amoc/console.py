@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from amoc.control import Client
+from amoc.console_socket import ConsoleClient
 from amoc.errors import AmocError, NodeError
 from amoc.report import live
 
@@ -99,7 +99,7 @@ class AmocConsole(code.InteractiveConsole):
         super().showtraceback()
 
 
-class Session:
+class ConsoleSession:
     """One attached console: a namespace and an interpreter fed line by line."""
 
     def __init__(self, namespace: dict[str, Any]) -> None:
@@ -127,9 +127,6 @@ class Session:
     def reset(self) -> None:
         """Drop a half-typed multi-line statement (Ctrl+C)."""
         self.console.resetbuffer()
-
-    def close(self) -> None:
-        """Nothing to release; here for symmetry with the server's connection end."""
 
 
 def _setup_readline(history: Path, completer: Any) -> Any:
@@ -167,7 +164,7 @@ def interact(namespace: dict[str, Any], history: Path, banner: str) -> None:
 def attach(socket_path: Path, history: Path) -> int:
     """Open a console on a running node over its socket; return an exit code."""
     try:
-        client = Client(socket_path, timeout=10)
+        client = ConsoleClient(socket_path, timeout=10)
     except NodeError as exc:
         print(f"amoc: {exc}; is the node started (bin/amoc start)?", file=sys.stderr)
         return 1

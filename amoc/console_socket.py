@@ -1,4 +1,6 @@
-"""The node's local control socket: newline-delimited JSON over a Unix socket.
+"""The node's console socket: newline-delimited JSON over a Unix socket, for `attach` and the CLI.
+
+(Not the cluster's control plane: that is ZeroMQ, in amoc.cluster.)
 
 Only the node's owner may connect: the socket's directory is mode 0700, the socket
 0600, and every connection's peer uid is checked (SO_PEERCRED).
@@ -18,7 +20,7 @@ from typing import Any
 
 from amoc.errors import NodeError
 
-log = logging.getLogger("amoc.control")
+log = logging.getLogger("amoc.console_socket")
 
 MAX_LINE = 1 << 20
 
@@ -31,7 +33,7 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 class Connection:
-    """One client of the control socket, as the server sees it."""
+    """One client of the console socket, as the server sees it."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -81,15 +83,13 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
                 try:
                     answer = await handler(request, conn)
                 except Exception as exc:
-                    log.exception("control request %r failed", request.get("op"))
+                    log.exception("console socket request %r failed", request.get("op"))
                     answer = {"error": f"{type(exc).__name__}: {exc}"}
                 if answer is not None:
                     await conn.send(answer)
         except (ConnectionError, BrokenPipeError):
             pass
         finally:
-            if conn.session is not None:
-                conn.session.close()
             writer.close()
 
     old_umask = os.umask(0o177)
@@ -101,8 +101,8 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
     return server
 
 
-class Client:
-    """A blocking client of a node's control socket (for the CLI and attach)."""
+class ConsoleClient:
+    """A blocking client of a node's console socket (for the CLI and attach)."""
 
     def __init__(self, path: Path, timeout: float | None = 10.0) -> None:
         self.path = path
@@ -135,7 +135,7 @@ class Client:
         self._file.close()
         self.sock.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> ConsoleClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,8 +22,8 @@ from amoc.cluster import settings as cluster_settings
 from amoc.cluster.master import Master
 from amoc.cluster.slave import SlaveLink
 from amoc.config import Config, amoc_config
-from amoc.console import BANNER, LEAVE_ATTACHED, Session, install_streams
-from amoc.control import Client, Connection, serve
+from amoc.console import BANNER, LEAVE_ATTACHED, ConsoleSession, install_streams
+from amoc.console_socket import Connection, ConsoleClient, serve
 from amoc.dist import AmocDist, ClusterReply, NodeTable
 from amoc.errors import AmocError, NodeError
 from amoc.home import Home
@@ -83,7 +83,7 @@ def setup_logging(home: Home, terminal: bool) -> None:
 def running_pid(home: Home) -> int | None:
     """The pid of the node answering on `home`'s socket, or None."""
     try:
-        with Client(home.socket, timeout=3) as client:
+        with ConsoleClient(home.socket, timeout=3) as client:
             answer = client.request({"op": "hello"}, timeout=3)
     except (NodeError, OSError, ValueError):
         return None
@@ -343,9 +343,9 @@ class Node:
             asyncio.get_running_loop().call_later(0.05, self._stop_soon)
             return {"ok": True}
         if op == "console":
-            conn.session = Session(self.namespace())
+            conn.session = ConsoleSession(self.namespace())
             return {"ok": True, "banner": self.banner(LEAVE_ATTACHED)}
-        session: Session | None = conn.session
+        session: ConsoleSession | None = conn.session
         if op in ("line", "complete", "reset") and session is None:
             return {"error": "send {'op': 'console'} first"}
         assert session is not None

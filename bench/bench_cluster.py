@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from amoc.control import Client  # noqa: E402
+from amoc.console_socket import ConsoleClient  # noqa: E402
 from amoc.home import Home  # noqa: E402
 
 
@@ -70,7 +70,7 @@ class Release:
 
     def eval(self, name: str, line: str, timeout: float = 300) -> Any:
         """Evaluate a Python line on node `name`'s console; its printed literal."""
-        with Client(Home(self.path, name).socket, timeout=10) as client:
+        with ConsoleClient(Home(self.path, name).socket, timeout=10) as client:
             client.request({"op": "console"})
             answer = client.request({"op": "line", "line": line}, timeout=timeout)
         out = answer.get("out", "").strip().splitlines()
