@@ -1,4 +1,4 @@
-"""XMPP one-to-one workload: amoc.xmpp (lean slixmpp) against naive slixmpp, one process each.
+"""XMPP one-to-one workload: amoc.xmpp's lean client against naive slixmpp, one process each.
 
     .venv/bin/python bench/bench_xmpp.py                  # 2000 amoc users, 100 naive ones
     .venv/bin/python bench/bench_xmpp.py --users 200 --naive-users 50 --messages 5
