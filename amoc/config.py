@@ -12,6 +12,7 @@ Names are case-insensitive and stored lower-case.
 from __future__ import annotations
 
 import ast
+import difflib
 import math
 import os
 import re
@@ -394,8 +395,7 @@ class Config:
         key = name.lower()
         declared = self._params.get(key)
         if declared is None and strict:
-            known = ", ".join(sorted(self._params))
-            raise ConfigError(f"unknown config name {key!r}; known names: {known}")
+            raise ConfigError(unknown_name(key, self._params, noun="config name"))
         if declared is not None:
             value = declared.check(value, "amoc_config.set")
             if declared.update == READ_ONLY:
@@ -452,6 +452,38 @@ class Config:
     def __repr__(self) -> str:
         lines = [f"{n} = {v!r}  ({s}) {d}" for n, v, s, d in self.describe()]
         return "amoc_config:\n  " + "\n  ".join(lines)
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name `name` most likely misspells (difflib's closest match), or None."""
+    found = difflib.get_close_matches(name.lower(), sorted({k.lower() for k in known}), n=1)
+    return found[0] if found else None
+
+
+def unknown_name(
+    name: str,
+    known: Iterable[str],
+    where: str = "",
+    noun: str = "setting",
+    otherwise: str | None = None,
+) -> str:
+    """Why `name` is refused: "unknown setting 'x' in W; did you mean 'y'?"; when no known
+    name is close, `otherwise` (default: the known names)."""
+    names = sorted({k.lower() for k in known})
+    text = f"unknown {noun} {name!r}" + (f" {where}" if where else "")
+    guess = closest(name, names)
+    if guess is not None:
+        return f"{text}; did you mean {guess!r}?"
+    return f"{text}; {otherwise or 'known names: ' + ', '.join(names)}"
+
+
+def check_names(names: Iterable[str], known: Iterable[str], where: str = "") -> None:
+    """Raise ConfigError naming every one of `names` that is not `known` (case-insensitive),
+    each with the closest known name."""
+    known = {k.lower() for k in known}
+    problems = [unknown_name(n, known, where) for n in names if n.lower() not in known]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def restart_needed(name: str) -> str:
