@@ -327,6 +327,10 @@ class Config:
         """All declared parameters by name."""
         return dict(self._params)
 
+    def unknown(self, name: str, where: str = "") -> str:
+        """Why `name` is refused (it is not declared), with the closest declared name."""
+        return unknown_name(name, self._params, where)
+
     # -- reading ------------------------------------------------------------------------
 
     def lookup(self, name: str) -> tuple[Any, str] | None:

@@ -446,10 +446,7 @@ class Controller:
         for key, value in settings.items():
             p = known.get(key.lower())
             if p is None:
-                raise ConfigError(
-                    f"unknown setting {key!r} for scenario {loaded.name!r}; "
-                    f"known: {', '.join(sorted(known))}"
-                )
+                raise ConfigError(self.config.unknown(key, f"for scenario {loaded.name!r}"))
             checked[p.name] = p.check(value, "do(settings=...)")
         for key, value in checked.items():
             self.config.set(key, value)

@@ -152,3 +152,23 @@ def test_an_inventory_without_group_vars_is_refused(tmp_path: Path) -> None:
     (tmp_path / "group_vars" / "amoc" / "main.yml").write_text("interarrival: 5\n")
     assert check.missing_group_vars(inventory) is None
     assert check.names_in(check.var_files(tmp_path / "group_vars", "amoc")) == {"interarrival"}
+
+
+async def test_a_runs_settings_name_the_closest_declared_one(tmp_path: Path) -> None:
+    from amoc.runner import Controller
+
+    (tmp_path / "waits.py").write_text(
+        "from amoc.config import param\n"
+        "PARAMETERS = [param('waits_ms', 5)]\n"
+        "async def start(user_id):\n    pass\n"
+    )
+    config = Config(environ={})
+    assert config.unknown("interarival", "here") == (
+        "unknown setting 'interarival' here; did you mean 'interarrival'?"
+    )
+    ctl = Controller([tmp_path], config)
+    with pytest.raises(ConfigError) as refused:
+        await ctl.do("waits", 1, 1, settings={"wait_ms": 1})
+    assert str(refused.value) == (
+        "unknown setting 'wait_ms' for scenario 'waits'; did you mean 'waits_ms'?"
+    )
