@@ -2,15 +2,21 @@
 
     fab start               the master, then each slave host's nodes s1..sN, in parallel
     fab stop                every slave node, then the master
-    fab status              each host's nodes and their users
+    fab restart             the master, then the slaves (on the release deployed last)
+    fab status              each host's nodes, their users, and who runs an older release
     fab logs [--lines 40] [--follow]
+    fab reports             the master's reports into reports/ beside the inventory
     fab console             the master's console over ssh (Ctrl+D detaches)
 
 The hosts come from the Ansible inventory AMOC_INVENTORY (default `hosts`, with the
 group_vars/amoc next to it), read by `ansible-inventory`. The tasks log in as the run user
 (amoc_user, whom `make prepare` made) with the host's ssh key (ansible_ssh_private_key_file,
-or AMOC_SSH_KEY for every host). A slave host runs amoc_slave_nodes nodes (default: one per
-core), named sN@<its host name>.
+or AMOC_SSH_KEY for every host), and check host keys against AMOC_KNOWN_HOSTS when it is
+set (a host whose key is not there is refused). A slave host runs amoc_slave_nodes nodes
+(default: one per core), named sN@<its host name>.
+
+A task goes on past a host it cannot reach or that fails, and ends with one line per host
+and exit status 1 when any host failed.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import stat
 import subprocess
 import sys
 import threading
@@ -30,13 +37,19 @@ from typing import Any, TypeVar
 
 from fabric import Connection, task
 from invoke.exceptions import Exit
+from paramiko import RejectPolicy
 
 HERE = Path(__file__).resolve().parent
 MASTER = "amoc_master"  # the master's installation, in the run user's home
 SLAVES = "amoc"  # the slaves' installation
+REPORTS = "amoc_reports"  # where the master writes its reports, in the run user's home
 JOIN_TIMEOUT = 60.0  # s for every started slave node to show up on the master
 
 T = TypeVar("T")
+
+
+class HostError(Exception):
+    """A host the tasks could not reach (its address, port, key or host key) or use."""
 
 
 @dataclass(frozen=True)
@@ -50,13 +63,22 @@ class Host:
     key: str | None
     ssh_args: tuple[str, ...] = ()
     slave_nodes: int | None = None
+    known_hosts: str | None = None
 
     def connect(self) -> Connection:
         """A Fabric connection as the run user."""
         kwargs: dict[str, Any] = {"key_filename": [self.key]} if self.key else {}
-        return Connection(
+        conn = Connection(
             self.address, user=self.user, port=self.port, connect_timeout=15, connect_kwargs=kwargs
         )
+        if self.known_hosts:
+            conn.client.load_host_keys(self.known_hosts)
+            conn.client.set_missing_host_key_policy(RejectPolicy())
+        return conn
+
+    def where(self) -> str:
+        """user@address:port, for messages."""
+        return f"{self.user}@{self.address}:{self.port}"
 
     def run(self, command: str, timeout: float = 120) -> tuple[int, str]:
         """Run a shell command as the run user; its exit code and output (both streams)."""
@@ -66,12 +88,27 @@ class Host:
         except Exit:
             raise
         except Exception as exc:  # paramiko and socket errors have no common base
-            raise Exit(f"{self.name} ({self.user}@{self.address}:{self.port}): {exc}") from None
+            raise HostError(self.unreachable(exc)) from None
         return done.exited, (done.stdout + done.stderr).rstrip()
+
+    def unreachable(self, exc: BaseException) -> str:
+        """Why the host could not be reached, and what to do about it."""
+        text = str(exc).strip() or type(exc).__name__
+        if "known_hosts" in text or "host key" in text.lower() or "Host key" in text:
+            text += (
+                " (a host key this machine does not know yet, or one that changed: check it "
+                "and add it to the known_hosts file, e.g. `ssh-keyscan -p "
+                f"{self.port} {self.address} >> {self.known_hosts or '~/.ssh/known_hosts'}`; "
+                "README, 'First contact with new hosts')"
+            )
+        return f"unreachable as {self.where()}: {text}"
 
     def ssh_command(self, remote: str) -> list[str]:
         """The OpenSSH command line that runs `remote` on the host with a terminal."""
-        args = ["ssh", "-t", "-p", str(self.port), *self.ssh_args]
+        args = ["ssh", "-t", "-p", str(self.port)]
+        if self.known_hosts:  # before the inventory's options: ssh takes the first one
+            args += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        args += self.ssh_args
         if self.key:
             args += ["-i", self.key]
         return [*args, f"{self.user}@{self.address}", remote]
@@ -83,11 +120,38 @@ class Cluster:
 
     master: Host
     slaves: list[Host]
+    inventory: Path
+
+    @property
+    def hosts(self) -> list[Host]:
+        """The master's host, then the slave hosts."""
+        return [self.master, *self.slaves]
+
+
+@dataclass
+class Outcome:
+    """What a task did on one host, in one line; `ok` False when the host failed."""
+
+    host: Host
+    ok: bool
+    text: str
 
 
 def _ansible_inventory() -> str:
     beside = Path(sys.executable).parent / "ansible-inventory"
     return str(beside) if beside.exists() else "ansible-inventory"
+
+
+def group_vars_problem(inventory: Path) -> str | None:
+    """Why an inventory cannot be used as it is: no group_vars/amoc beside it (or None)."""
+    directory = (inventory if inventory.is_dir() else inventory.parent) / "group_vars"
+    if any((directory / f"amoc{suffix}").exists() for suffix in ("", ".yml", ".yaml", ".json")):
+        return None
+    return (
+        f"the inventory {str(inventory)!r} has no group_vars/amoc beside it "
+        f"({directory / 'amoc'} is missing): copy this checkout's group_vars/amoc there "
+        "(INVENTORY=path needs its group_vars/amoc next to it)"
+    )
 
 
 def load_cluster(inventory: str | None = None) -> Cluster:
@@ -106,6 +170,9 @@ def load_cluster(inventory: str | None = None) -> Cluster:
     )
     if done.returncode != 0:
         raise Exit(f"the inventory {inventory!r} cannot be read:\n{done.stderr.strip()}")
+    problem = group_vars_problem(Path(inventory))
+    if problem is not None:
+        raise Exit(problem, code=2)
     data = json.loads(done.stdout)
     hostvars = data.get("_meta", {}).get("hostvars", {})
 
@@ -122,6 +189,11 @@ def load_cluster(inventory: str | None = None) -> Cluster:
             f"{len(masters)}) and at least one in [amoc_slaves] (it has {len(slaves)})"
         )
     key_override = os.environ.get("AMOC_SSH_KEY") or None
+    known_hosts = os.environ.get("AMOC_KNOWN_HOSTS") or None
+    if known_hosts is not None:
+        if not Path(known_hosts).is_file():
+            raise Exit(f"the known_hosts file {known_hosts!r} does not exist (KNOWN_HOSTS=)")
+        known_hosts = str(Path(known_hosts).resolve())
 
     def host(name: str) -> Host:
         hv = hostvars.get(name, {})
@@ -139,9 +211,10 @@ def load_cluster(inventory: str | None = None) -> Cluster:
             key=os.path.expanduser(key) if key else None,
             ssh_args=tuple(ssh_args),
             slave_nodes=nodes,
+            known_hosts=known_hosts,
         )
 
-    return Cluster(host(masters[0]), [host(name) for name in slaves])
+    return Cluster(host(masters[0]), [host(name) for name in slaves], Path(inventory))
 
 
 def parallel(hosts: list[Host], work: Callable[[Host], T]) -> list[T]:
@@ -150,9 +223,53 @@ def parallel(hosts: list[Host], work: Callable[[Host], T]) -> list[T]:
         return list(pool.map(work, hosts))
 
 
+def on_host(work: Callable[[Host], Outcome]) -> Callable[[Host], Outcome]:
+    """`work`, with a host that cannot be reached turned into a failed Outcome."""
+
+    def guarded(host: Host) -> Outcome:
+        try:
+            return work(host)
+        except HostError as exc:
+            _say(host, str(exc))
+            return Outcome(host, False, str(exc))
+
+    return guarded
+
+
+def summary(task_name: str, outcomes: list[Outcome]) -> None:
+    """One line per host; exit status 1 when any host failed."""
+    width = max(len(o.host.name) for o in outcomes)
+    print(f"\n{task_name}: summary")
+    for o in outcomes:
+        print(f"  {o.host.name:<{width}}  {'ok    ' if o.ok else 'FAILED'}  {o.text}")
+    failed = [o.host.name for o in outcomes if not o.ok]
+    if failed:
+        raise Exit(
+            f"{task_name}: {len(failed)} of {len(outcomes)} hosts failed: {', '.join(failed)}",
+            code=1,
+        )
+
+
+def _merge(*steps: list[Outcome]) -> list[Outcome]:
+    """Per host, the outcomes of several steps in one: failed when any step failed."""
+    merged: dict[str, Outcome] = {}
+    for step in steps:
+        for o in step:
+            seen = merged.get(o.host.name)
+            if seen is None:
+                merged[o.host.name] = Outcome(o.host, o.ok, o.text)
+            else:
+                seen.ok, seen.text = seen.ok and o.ok, f"{seen.text}; {o.text}"
+    return list(merged.values())
+
+
 def _say(host: Host, text: str) -> None:
     for line in text.splitlines() or [""]:
         print(f"[{host.name}] {line}", flush=True)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 # Shell snippets run on the hosts (POSIX sh, as the run user).
@@ -166,7 +283,8 @@ def _need(install: str) -> str:
     )
 
 
-def _start_master(host: Host) -> None:
+@on_host
+def _start_master(host: Host) -> Outcome:
     amoc = f"~/{MASTER}/bin/amoc --name master"
     code, out = host.run(
         f"{_need(MASTER)}; {_RAISE_NOFILE}; "
@@ -175,10 +293,21 @@ def _start_master(host: Host) -> None:
     )
     _say(host, out)
     if code != 0:
-        raise Exit(f"the master did not start on {host.name}", code=1)
+        return Outcome(host, False, "the master did not start (see above)")
+    already = "already running" in out
+    return Outcome(host, True, "master already running" if already else "master started")
 
 
-def _start_slaves(host: Host) -> tuple[str, list[str]]:
+@dataclass
+class SlavesStarted:
+    """A slave host's start: its outcome, its host name and the nodes running there."""
+
+    outcome: Outcome
+    hostname: str = ""
+    names: tuple[str, ...] = ()
+
+
+def _start_slaves(host: Host) -> SlavesStarted:
     count = str(host.slave_nodes) if host.slave_nodes else "$(nproc)"
     script = f"""{_need(SLAVES)}
 {_RAISE_NOFILE}
@@ -191,50 +320,75 @@ done
 failed=0
 for job in $(jobs -p); do wait "$job" || failed=1; done
 exit $failed"""
-    code, out = host.run(script)
+    try:
+        code, out = host.run(script)
+    except HostError as exc:
+        _say(host, str(exc))
+        return SlavesStarted(Outcome(host, False, str(exc)))
     hostname, _, rest = out.partition("\n")
     _say(host, rest)
-    if code != 0:
-        raise Exit(f"slave nodes did not all start on {host.name}", code=1)
     started = [line for line in rest.splitlines() if line.startswith("node 's")]
-    names = [line.split("'")[1] for line in started]
-    return hostname.strip(), names
+    names = tuple(line.split("'")[1] for line in started)
+    if code != 0:
+        return SlavesStarted(Outcome(host, False, "slave nodes did not all start (see above)"))
+    return SlavesStarted(
+        Outcome(host, True, f"{_count(len(names), 'node')} up"), hostname.strip(), names
+    )
 
 
 def _cluster_nodes(master: Host) -> list[dict[str, Any]]:
     code, out = master.run(f"~/{MASTER}/bin/amoc --name master status --json")
     if code != 0:
-        raise Exit(f"the master on {master.name} does not answer:\n{out}")
+        raise HostError(f"the master does not answer: {out}")
     cluster = json.loads(out).get("cluster") or {}
     return list(cluster.get("node", []))
+
+
+def _start(cluster: Cluster, master: Outcome | None = None) -> list[Outcome]:
+    """The master (unless `master` says how its start went), then the slaves (they dial it
+    by themselves); wait until they have joined it."""
+    master = master or _start_master(cluster.master)
+    started = parallel(cluster.slaves, _start_slaves)
+    outcomes = [master, *(s.outcome for s in started)]
+    if not master.ok:
+        return outcomes
+    expected = {
+        f"{name}@{s.hostname}": s.outcome for s in started if s.outcome.ok for name in s.names
+    }
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while expected:
+        try:
+            up = {n["name"] for n in _cluster_nodes(cluster.master) if n.get("up")}
+        except HostError as exc:
+            master.ok, master.text = False, f"{master.text}; {exc}"
+            return outcomes
+        if set(expected) <= up:
+            break
+        if time.monotonic() > deadline:
+            for name in sorted(set(expected) - up):
+                outcome = expected[name]
+                outcome.ok = False
+                outcome.text += (
+                    f"; {name} not seen by the master after {JOIN_TIMEOUT:.0f} s "
+                    "(can the slaves reach the master's cluster_port?)"
+                )
+            break
+        time.sleep(0.5)
+    if all(o.ok for o in outcomes):
+        print(
+            f"cluster up: {_count(len(expected), 'slave node')} on "
+            f"{_count(len(cluster.slaves), 'host')}; make console opens the master's console"
+        )
+    return outcomes
 
 
 @task
 def start(c: Any) -> None:
     """Start the master, then every slave host's nodes; wait until all have joined."""
-    cluster = load_cluster()
-    _start_master(cluster.master)
-    started = parallel(cluster.slaves, _start_slaves)
-    expected = {f"{name}@{hostname}" for hostname, names in started for name in names}
-    deadline = time.monotonic() + JOIN_TIMEOUT
-    while True:
-        up = {n["name"] for n in _cluster_nodes(cluster.master) if n.get("up")}
-        if expected <= up:
-            break
-        if time.monotonic() > deadline:
-            missing = ", ".join(sorted(expected - up))
-            raise Exit(
-                f"slave nodes not seen by the master after {JOIN_TIMEOUT:.0f} s: {missing} "
-                f"(can the slaves reach the master's cluster_port?)"
-            )
-        time.sleep(0.5)
-    print(
-        f"cluster up: {len(expected)} slave nodes on {len(cluster.slaves)} hosts; "
-        "make console opens the master's console"
-    )
+    summary("start", _start(load_cluster()))
 
 
-_STOP_ALL = """test -d ~/{install}/run || exit 0
+_STOP_ALL = """test -d ~/{install}/run || {{ echo "~/{install} is not deployed"; exit 0; }}
 for dir in ~/{install}/run/*/; do
   [ -f "$dir/node.pid" ] || continue
   ~/{install}/bin/amoc --name "$(basename "$dir")" stop &
@@ -244,46 +398,85 @@ for job in $(jobs -p); do wait "$job"; rc=$?; [ $rc = 0 ] || [ $rc = 3 ] || fail
 exit $failed"""
 
 
+def _stopper(install: str) -> Callable[[Host], Outcome]:
+    @on_host
+    def work(host: Host) -> Outcome:
+        code, out = host.run(_STOP_ALL.format(install=install))
+        _say(host, out or "no node running")
+        stopped = sum(1 for line in out.splitlines() if line.endswith("' stopped"))
+        if code != 0:
+            return Outcome(host, False, f"some nodes did not stop ({stopped} did; see above)")
+        return Outcome(host, True, f"{_count(stopped, 'node')} stopped")
+
+    return work
+
+
+def _stop(cluster: Cluster) -> list[Outcome]:
+    """Every slave node, then the master."""
+    slaves = parallel(cluster.slaves, _stopper(SLAVES))
+    return [_stopper(MASTER)(cluster.master), *slaves]
+
+
 @task
 def stop(c: Any) -> None:
-    """Stop every slave node, then the master."""
+    """Stop every slave node, then the master; every host it can reach, whatever others do."""
+    summary("stop", _stop(load_cluster()))
+
+
+@task
+def restart(c: Any) -> None:
+    """Restart the master, then every slave host's nodes (on the release deployed last)."""
+    # The master first. Slaves re-dial a master by themselves and keep their users while it
+    # is away, and a restarted master adopts the run they report; a slave restarted after it
+    # rejoins the new master, which hands it back its users with the new release's scenario
+    # source and config. The other way round, restarted slaves would rejoin the old master,
+    # which would ship them its (old) scenario source and run-time config for their users.
     cluster = load_cluster()
-
-    def stop_on(install: str) -> Callable[[Host], int]:
-        def work(host: Host) -> int:
-            code, out = host.run(_STOP_ALL.format(install=install))
-            _say(host, out or "no node running")
-            return code
-
-        return work
-
-    codes = [*parallel(cluster.slaves, stop_on(SLAVES)), stop_on(MASTER)(cluster.master)]
-    if any(codes):
-        raise Exit("some nodes did not stop (see above)", code=1)
+    stopped = _stopper(MASTER)(cluster.master)
+    (master,) = _merge([stopped], [_start_master(cluster.master)] if stopped.ok else [])
+    slaves = parallel(cluster.slaves, _stopper(SLAVES))
+    reachable = Cluster(cluster.master, [o.host for o in slaves if o.ok], cluster.inventory)
+    started = _start(reachable, master) if reachable.slaves else [master]
+    summary("restart", _merge(started[:1], slaves, started[1:]))
 
 
 _STATUS_ALL = """test -d ~/{install}/run || {{ echo "~/{install} is not deployed"; exit 0; }}
+deployed=$(cd ~/{install} 2>/dev/null && pwd -P)
 found=0
 for dir in ~/{install}/run/*/; do
   [ -f "$dir/node.pid" ] || continue
   found=1
-  ~/{install}/bin/amoc --name "$(basename "$dir")" status
+  ~/{install}/bin/amoc --name "$(basename "$dir")" status || continue
+  pid=$(cat "$dir/node.pid")
+  runs=$(tr '\\0' '\\n' < /proc/"$pid"/environ 2>/dev/null | sed -n 's/^AMOC_HOME=//p')
+  if [ -n "$runs" ] && [ "$runs" != "$deployed" ]; then
+    echo "  older release: runs ${{runs##*/}}, deployed ${{deployed##*/}} (make restart)"
+  fi
 done
 [ $found = 1 ] || echo "no node running"
 exit 0"""
 
 
+def _status_of(install: str) -> Callable[[Host], Outcome]:
+    @on_host
+    def work(host: Host) -> Outcome:
+        _, out = host.run(_STATUS_ALL.format(install=install))
+        _say(host, out)
+        lines = out.splitlines()
+        running = sum(1 for line in lines if line.startswith("node '") and "' running" in line)
+        older = sum(1 for line in lines if line.startswith("  older release:"))
+        text = _count(running, "node") + " running"
+        return Outcome(host, True, text + (f", {older} on an older release" if older else ""))
+
+    return work
+
+
 @task
 def status(c: Any) -> None:
-    """Show every node of every host: running or not, and its users."""
+    """Show every node of every host: running or not, its users, an older release."""
     cluster = load_cluster()
-    _say(cluster.master, cluster.master.run(_STATUS_ALL.format(install=MASTER))[1])
-    for host, (_, out) in zip(
-        cluster.slaves,
-        parallel(cluster.slaves, lambda h: h.run(_STATUS_ALL.format(install=SLAVES))),
-        strict=True,
-    ):
-        _say(host, out)
+    master = _status_of(MASTER)(cluster.master)
+    summary("status", [master, *parallel(cluster.slaves, _status_of(SLAVES))])
 
 
 @task
@@ -292,9 +485,18 @@ def logs(c: Any, lines: int = 40, follow: bool = False) -> None:
     cluster = load_cluster()
     pairs = [(cluster.master, MASTER)] + [(h, SLAVES) for h in cluster.slaves]
     if not follow:
+        outcomes = []
         for host, install in pairs:
-            _say(host, host.run(f"tail -n {int(lines)} ~/{install}/log/*.log 2>&1")[1])
+            try:
+                _say(host, host.run(f"tail -n {int(lines)} ~/{install}/log/*.log 2>&1")[1])
+                outcomes.append(Outcome(host, True, "log shown"))
+            except HostError as exc:
+                _say(host, str(exc))
+                outcomes.append(Outcome(host, False, str(exc)))
+        summary("logs", outcomes)
         return
+
+    failures: list[Outcome] = []
 
     def tail(host: Host, install: str) -> None:
         class Prefixed:
@@ -304,13 +506,17 @@ def logs(c: Any, lines: int = 40, follow: bool = False) -> None:
             def flush(self) -> None:
                 pass
 
-        with host.connect() as conn:  # a terminal: the remote tail ends when we leave
-            conn.run(
-                f"tail -n {int(lines)} -F ~/{install}/log/*.log",
-                out_stream=Prefixed(),
-                pty=True,
-                warn=True,
-            )
+        try:
+            with host.connect() as conn:  # a terminal: the remote tail ends when we leave
+                conn.run(
+                    f"tail -n {int(lines)} -F ~/{install}/log/*.log",
+                    out_stream=Prefixed(),
+                    pty=True,
+                    warn=True,
+                )
+        except Exception as exc:  # paramiko and socket errors have no common base
+            _say(host, host.unreachable(exc))
+            failures.append(Outcome(host, False, host.unreachable(exc)))
 
     threads = [threading.Thread(target=tail, args=pair, daemon=True) for pair in pairs]
     for thread in threads:
@@ -320,6 +526,78 @@ def logs(c: Any, lines: int = 40, follow: bool = False) -> None:
             time.sleep(0.2)
     except KeyboardInterrupt:
         print()
+    if failures:
+        summary("logs", failures)
+
+
+def _fetch_tree(sftp: Any, remote: str, local: Path) -> int:
+    """Copy the remote directory `remote` into `local` (made 0700, files 0600); files copied."""
+    local.mkdir(mode=0o700)
+    copied = 0
+    for entry in sftp.listdir_attr(remote):
+        path = f"{remote}/{entry.filename}"
+        if stat.S_ISDIR(entry.st_mode or 0):
+            copied += _fetch_tree(sftp, path, local / entry.filename)
+        elif stat.S_ISREG(entry.st_mode or 0):
+            sftp.get(path, str(local / entry.filename))
+            os.chmod(local / entry.filename, 0o600)
+            copied += 1
+    return copied
+
+
+def fetch_reports(master: Host, into: Path) -> Outcome:
+    """Copy the master's finished reports that `into` lacks (each report a directory)."""
+    into.mkdir(parents=True, exist_ok=True)
+    try:
+        with master.connect() as conn:
+            sftp = conn.sftp()
+            remote = f"{sftp.normalize('.')}/{REPORTS}"
+            try:
+                names = sorted(e.filename for e in sftp.listdir_attr(remote))
+            except FileNotFoundError:
+                names = []
+            # index.html is the last file of a report: without it, it is being written.
+            done = [n for n in names if _exists(sftp, f"{remote}/{n}/index.html")]
+            new = [n for n in done if not (into / n).exists()]
+            for name in new:
+                partial = into / f".partial-{name}"
+                if partial.exists():
+                    _remove_tree(partial)
+                _fetch_tree(sftp, f"{remote}/{name}", partial)
+                partial.rename(into / name)
+                _say(master, f"fetched {name}")
+    except Exception as exc:  # paramiko and socket errors have no common base
+        _say(master, master.unreachable(exc))
+        return Outcome(master, False, master.unreachable(exc))
+    there = len(done) - len(new)
+    return Outcome(
+        master, True, f"{_count(len(new), 'report')} fetched into {into} ({there} there already)"
+    )
+
+
+def _exists(sftp: Any, path: str) -> bool:
+    try:
+        sftp.stat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _remove_tree(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            _remove_tree(child)
+        else:
+            child.unlink()
+    path.rmdir()
+
+
+@task
+def reports(c: Any) -> None:
+    """Fetch the master's reports (~/amoc_reports) into reports/ beside the inventory."""
+    cluster = load_cluster()
+    into = cluster.inventory.resolve().parent / "reports"
+    summary("reports", [fetch_reports(cluster.master, into)])
 
 
 @task

@@ -2,20 +2,31 @@
 # the release, Fabric starts and stops the nodes, `make console` opens the master's console.
 #   make prepare            once per new host (system packages, the run user, limits)
 #   make deploy             after each change (code, scenarios, group_vars/amoc)
+#   make restart            the master, then the slaves, on the release deployed last
+#                           (`make deploy restart`: both, in that order)
 #   make start / status / logs / stop
+#   make reports            the master's reports into reports/ beside the inventory
 #   make console            the master's console over ssh (Ctrl+D detaches)
-# INVENTORY=path picks another inventory (its group_vars/amoc sits next to it); SSH_KEY=path
-# the private key for every host (else the inventory's or ssh's default).
+# INVENTORY=path picks another inventory (its group_vars/amoc must sit next to it); SSH_KEY=path
+# the private key for every host (else the inventory's or ssh's default); KNOWN_HOSTS=path
+# the known_hosts file that holds the hosts' keys (else ssh's ~/.ssh/known_hosts).
 INVENTORY ?= hosts
 SSH_KEY   ?=
+KNOWN_HOSTS ?=
 LINES     ?= 40
 ANSIBLE_ARGS ?=
 
-ANSIBLE_PLAYBOOK := ANSIBLE_CONFIG=$(CURDIR)/ansible/ansible.cfg $(VENV)/bin/ansible-playbook -i $(INVENTORY) \
+# With KNOWN_HOSTS, Ansible's ssh checks the hosts' keys against that file (ssh takes the
+# first value of an option: these come before the inventory's ansible_ssh_common_args).
+ANSIBLE_SSH := $(if $(KNOWN_HOSTS),ANSIBLE_SSH_ARGS='-C -o ControlMaster=auto -o ControlPersist=60s \
+	-o UserKnownHostsFile=$(abspath $(KNOWN_HOSTS))')
+ANSIBLE_PLAYBOOK := ANSIBLE_CONFIG=$(CURDIR)/ansible/ansible.cfg $(ANSIBLE_SSH) \
+	$(VENV)/bin/ansible-playbook -i $(INVENTORY) \
 	$(if $(SSH_KEY),-e ansible_ssh_private_key_file=$(abspath $(SSH_KEY))) $(ANSIBLE_ARGS)
-FAB := AMOC_INVENTORY=$(INVENTORY) AMOC_SSH_KEY=$(SSH_KEY) $(VENV)/bin/fab
+FAB := AMOC_INVENTORY=$(INVENTORY) AMOC_SSH_KEY=$(SSH_KEY) \
+	AMOC_KNOWN_HOSTS=$(if $(KNOWN_HOSTS),$(abspath $(KNOWN_HOSTS))) $(VENV)/bin/fab
 
-.PHONY: inventory prepare deploy start stop status logs console lint-ansible
+.PHONY: inventory prepare deploy start stop restart status logs reports console lint-ansible
 
 inventory:
 	@test -e "$(INVENTORY)" || { echo "make: the inventory '$(INVENTORY)' does not exist (INVENTORY=path)" >&2; exit 2; }
@@ -26,8 +37,12 @@ prepare: dev inventory
 deploy: dev inventory
 	$(ANSIBLE_PLAYBOOK) ansible/deploy.yml
 
-start stop status: dev inventory
+start stop status reports: dev inventory
 	@$(FAB) $@
+
+# After the deploy when both are asked for (`make deploy restart`), even with -j.
+restart: dev inventory $(filter deploy,$(MAKECMDGOALS))
+	@$(FAB) restart
 
 logs: dev inventory
 	@$(FAB) logs --lines $(LINES)
@@ -35,8 +50,9 @@ logs: dev inventory
 console: dev inventory
 	@$(FAB) console
 
-# ansible-lint (profile production, see .ansible-lint) and ruff on the Fabric tasks.
+# ansible-lint (profile production, see .ansible-lint) and ruff on the Fabric tasks and the
+# role's scripts.
 lint-ansible: dev
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/ansible-lint ansible
-	$(VENV)/bin/ruff check fabfile.py
-	$(VENV)/bin/ruff format --check fabfile.py
+	$(VENV)/bin/ruff check fabfile.py ansible/roles/amoc/files
+	$(VENV)/bin/ruff format --check fabfile.py ansible/roles/amoc/files

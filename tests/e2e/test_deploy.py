@@ -2,11 +2,15 @@
 network namespaces of this machine (tests/e2e/netns.py), each with its own sshd, address,
 host name and /home. The real `make prepare` (twice: the second changes nothing), `make
 deploy`, `make start`, the master's console through `make console` (ssh with a terminal),
-a failed deploy that leaves every host as it was, `make stop`; then the bad inputs.
+a failed deploy that leaves every host as it was, three deploys while a run is active (the
+running releases are kept, the run goes on), `make restart` onto a changed setting, a
+misspelled `--set`, `make status` and `make stop` past an unreachable host, `make reports`;
+then the bad inputs and the first contact with hosts whose keys are unknown.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -97,10 +101,16 @@ def recap(output: str) -> dict[str, tuple[int, int, int]]:
 
 
 def write_inventory(
-    directory: Path, hosts: NetnsHosts, extra: str = "", key: Path | None = None
+    directory: Path,
+    hosts: NetnsHosts,
+    extra: str = "",
+    key: Path | None = None,
+    common: str | None = None,
 ) -> Path:
-    """An inventory for the namespace hosts, with the checkout's group_vars/amoc (edited)."""
-    common = f"-o StrictHostKeyChecking=no -o UserKnownHostsFile={hosts.known_hosts}"
+    """An inventory for the namespace hosts, with the checkout's group_vars/amoc (edited);
+    `common`: the ssh options (default: any host key taken, into the test's known_hosts)."""
+    if common is None:
+        common = f"-o StrictHostKeyChecking=no -o UserKnownHostsFile={hosts.known_hosts}"
     (directory / "group_vars").mkdir(parents=True, exist_ok=True)
     inventory = directory / "hosts"
     inventory.write_text(
@@ -127,6 +137,7 @@ def write_inventory(
         settings, count = re.subn(rf"^{name}:.*$", f"{name}: {value}", settings, flags=re.M)
         assert count == 1, f"group_vars/amoc has no single {name} line"
     settings += f"amoc_keys_dir: {directory.parent / 'keys'}\n"
+    settings += "amoc_keep_releases: 1\n"  # prune all it may: never what runs
     (directory / "group_vars" / "amoc").write_text(settings)
     return inventory
 
@@ -268,15 +279,133 @@ def test_prepare_deploy_start_console_stop(site: Site) -> None:
     assert "interarrival = 0" in site.ssh("slave1", "cat ~/amoc/priv/app.config")
     status = site.make("status")
     assert len(re.findall(r"users: 2 running", status.stdout)) == 3, status.stdout
+    for host, install in _installs():  # the failed deploy took its releases away
+        assert _releases(site, host, install) == [os.path.basename(links[host])]
 
-    stop = site.make("stop")
-    assert stop.returncode == 0, stop.stdout + stop.stderr
-    status = site.make("status")
-    assert status.stdout.count("no node running") == 3, status.stdout
+    _three_deploys_while_a_run_is_active(site)
+    _restart_takes_a_changed_setting(site)
+    _a_misspelled_set_is_refused(site)
+    _status_and_stop_go_past_an_unreachable_host(site)
+    _reports_come_back(site)
 
 
 def _installs() -> list[tuple[str, str]]:
     return [("master", "amoc_master"), ("slave1", "amoc"), ("slave2", "amoc")]
+
+
+def _releases(site: Site, host: str, install: str) -> list[str]:
+    """The releases of `install` on `host`, by name."""
+    return sorted(p.name for p in (site.home(host) / "releases").glob(f"{install}-*"))
+
+
+def _three_deploys_while_a_run_is_active(site: Site) -> None:
+    running = {h: os.path.basename(os.readlink(site.home(h) / n)) for h, n in _installs()}
+    s1, s2 = site.hostname("slave1"), site.hostname("slave2")
+    for interarrival in (1, 2, 3):  # a new config, so a new release, each time
+        set_group_var(site.inventory, "interarrival", str(interarrival))
+        deploy = site.make("deploy")
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        assert "running nodes that still run an older release" in deploy.stdout, deploy.stdout
+        for node, host in (("master", "master"), (f"s1@{s1}", "slave1"), (f"s2@{s1}", "slave1")):
+            assert f"{node} on {host}: older config" in deploy.stdout, deploy.stdout
+        assert f"s1@{s2} on slave2: older config" in deploy.stdout
+    for host, install in _installs():
+        current = os.path.basename(os.readlink(site.home(host) / install))
+        # amoc_keep_releases is 1: the deployed release and the one the nodes run, no other.
+        names = sorted({current, running[host]})
+        assert _releases(site, host, install) == names, (host, names)
+        site.ssh(host, f"test -f ~/releases/{running[host]}/scenarios/dummy.py")
+    term = SshConsole(site)
+    try:
+        term.run("amoc_dist.stop()")
+        reports = site.home("master") / "amoc_reports"
+        deadline = time.monotonic() + 20
+        while not list(reports.glob("*-dummy/index.html")):
+            assert time.monotonic() < deadline, f"no report in {reports}"
+            time.sleep(0.2)
+        out = term.run('amoc_dist.do("dummy", 1, 6)')  # its scenarios are all there
+        assert out.startswith("running dummy: 6 placed"), out
+        term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 6)
+        assert term.value('amoc_config.get("interarrival")') == 0  # still the old config
+        term.leave()
+    finally:
+        if term.child.isalive():
+            term.child.close(force=True)
+
+
+def _restart_takes_a_changed_setting(site: Site) -> None:
+    restart = site.make("restart")
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    assert re.search(r"^  master\s+ok\s+1 node stopped; master started", restart.stdout, re.M)
+    assert re.search(r"^  slave1\s+ok\s+2 nodes stopped; 2 nodes up", restart.stdout, re.M)
+    status = site.make("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "older release" not in status.stdout, status.stdout
+    term = SshConsole(site)
+    try:
+        assert term.value('amoc_config.get("interarrival")') == 3  # group_vars' new value
+        # Every restarted slave has joined the restarted master, and a run goes.
+        term.wait('sorted(n["up"] for n in nodes())', lambda up: up == [True] * 3)
+        term.run("amoc_dist.stop()")
+        out = term.run('amoc_dist.do("dummy", 1, 6)')
+        assert out.startswith("running dummy: 6 placed"), out
+        term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 6)
+        term.leave()
+    finally:
+        if term.child.isalive():
+            term.child.close(force=True)
+
+
+def _a_misspelled_set_is_refused(site: Site) -> None:
+    out = site.ssh(
+        "master",
+        "AMOC_CLUSTER_ROLE=local ~/amoc_master/bin/amoc --name setcheck run dummy --users 1 "
+        "--duration 1 --set dumy_wait=5 2>&1; echo rc=$?",
+    )
+    assert "unknown setting 'dumy_wait' for scenario 'dummy'; did you mean 'dummy_wait'?" in out
+    assert out.rstrip().endswith("rc=2"), out
+
+
+def _status_and_stop_go_past_an_unreachable_host(site: Site) -> None:
+    with socket.socket() as sock:  # a loopback port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    inventory = write_inventory(
+        site.inventory.parent.parent / "one_unreachable",
+        site.hosts,
+        extra=f"slave3 ansible_host=127.0.0.1 ansible_port={port}\n",
+    )
+    status = site.make("status", inventory=inventory)
+    assert status.returncode != 0
+    lines = [
+        r"^  master\s+ok\s+1 node running$",
+        r"^  slave1\s+ok\s+2 nodes running$",
+        r"^  slave2\s+ok\s+1 node running$",
+        rf"^  slave3\s+FAILED\s+unreachable as {RUN_USER}@127\.0\.0\.1:{port}: ",
+    ]
+    for line in lines:
+        assert re.search(line, status.stdout, re.M), (line, status.stdout)
+    assert "status: 1 of 4 hosts failed: slave3" in status.stderr
+    stop = site.make("stop", inventory=inventory)
+    assert stop.returncode != 0
+    for line in (r"^  master\s+ok\s+1 node stopped$", r"^  slave1\s+ok\s+2 nodes stopped$"):
+        assert re.search(line, stop.stdout, re.M), (line, stop.stdout)
+    assert re.search(r"^  slave3\s+FAILED\s+unreachable as ", stop.stdout, re.M)
+    assert "stop: 1 of 4 hosts failed: slave3" in stop.stderr
+    status = site.make("status")
+    assert status.returncode == 0 and status.stdout.count("no node running") == 3, status.stdout
+
+
+def _reports_come_back(site: Site) -> None:
+    fetched = site.make("reports")
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    into = site.inventory.parent / "reports"
+    found = sorted(into.glob("*-dummy/summary.json"))
+    assert found, fetched.stdout
+    assert json.loads(found[0].read_text())["run"]["scenario"] == "dummy"
+    assert (found[0].parent / "index.html").is_file()
+    again = site.make("reports")
+    assert again.returncode == 0 and "0 reports fetched" in again.stdout, again.stdout
 
 
 def test_an_unreachable_host_is_named_and_nothing_changes(site: Site) -> None:
@@ -308,13 +437,16 @@ def test_a_wrong_ssh_key_is_named(site: Site, tmp_path: Path) -> None:
     assert "Permission denied (publickey)" in done.stdout
 
 
-def _offline_inventory(directory: Path, settings: dict[str, str], host_vars: str = "") -> Path:
+def _offline_inventory(
+    directory: Path, settings: dict[str, str], host_vars: str = "", extra: str = ""
+) -> Path:
     """An inventory whose hosts are never contacted (the checks come first)."""
     (directory / "group_vars").mkdir(parents=True)
     text = (ROOT / "group_vars" / "amoc").read_text()
     for name, value in settings.items():
         text, count = re.subn(rf"^{name}:.*$", f"{name}: {value}", text, flags=re.M)
         assert count == 1
+    text += extra
     (directory / "group_vars" / "amoc").write_text(text)
     inventory = directory / "hosts"
     inventory.write_text(
@@ -355,6 +487,36 @@ def test_a_wrong_typed_variable_is_named(
     assert "PLAY [Build the release" not in done.stdout  # stopped before any change
 
 
+@pytest.mark.parametrize(
+    ("settings", "host_vars", "extra", "message"),
+    [
+        ({}, "", "interarival: 30\n", "unknown setting 'interarival' in group_vars/amoc; "
+         "did you mean 'interarrival'?"),
+        ({"scenario_params": "{dumy_wait: 5}"}, "", "", "unknown setting 'dumy_wait' in "
+         "scenario_params of group_vars/amoc; did you mean 'dummy_wait'?"),
+        ({}, "amoc_slave_node=2", "", "unknown setting 'amoc_slave_node' in host m's line in "
+         "the inventory; did you mean 'amoc_slave_nodes'?"),
+    ],
+)  # fmt: skip
+def test_a_misspelled_setting_is_refused_with_the_closest_name(
+    tmp_path: Path, settings: dict[str, str], host_vars: str, extra: str, message: str
+) -> None:
+    done = _make("deploy", _offline_inventory(tmp_path, settings, host_vars, extra))
+    assert done.returncode != 0
+    assert message in done.stdout, done.stdout
+    assert "PLAY [Check the settings and reach" not in done.stdout  # before any host
+
+
+def test_an_inventory_without_its_group_vars_is_refused(tmp_path: Path) -> None:
+    inventory = _offline_inventory(tmp_path, {})
+    shutil.rmtree(tmp_path / "group_vars")  # only `hosts` copied
+    message = f"the inventory {inventory} has no group_vars/amoc beside it"
+    done = _make("deploy", inventory)
+    assert done.returncode != 0 and message in done.stdout, done.stdout
+    done = _make("status", inventory)
+    assert done.returncode != 0 and f"the inventory '{inventory}' has no group_vars" in done.stderr
+
+
 def test_a_missing_or_malformed_inventory_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     done = _make("deploy", missing)
@@ -374,3 +536,31 @@ def test_a_missing_or_malformed_inventory_is_named(tmp_path: Path) -> None:
     done = _make("deploy", no_master)
     assert done.returncode != 0
     assert "needs exactly one host in [amoc_master] (it has 0)" in done.stdout, done.stdout
+
+
+def test_first_contact_with_unknown_host_keys(site: Site, tmp_path: Path) -> None:
+    """Hosts whose keys this machine does not know: refused, saying what to do; with their
+    keys in a known_hosts file (KNOWN_HOSTS=path), the tasks go."""
+    inventory = write_inventory(tmp_path / "inventory", site.hosts, common="")
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    master = site.hosts.address("master")
+    done = site.make(  # its own ssh control sockets: the suite's have checked the keys
+        "deploy", f"KNOWN_HOSTS={known}", inventory=inventory,
+        env={"ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "Host key verification failed" in done.stdout, done.stdout
+    assert f"ssh-keyscan -p 22 {master} >> ~/.ssh/known_hosts" in done.stdout, done.stdout
+    done = site.make("status", f"KNOWN_HOSTS={known}", inventory=inventory)
+    assert done.returncode != 0
+    assert "a host key this machine does not know yet" in done.stdout, done.stdout
+    assert "status: 3 of 3 hosts failed" in done.stderr
+    addresses = [site.hosts.address(h) for h in ("master", "slave1", "slave2")]
+    scan = subprocess.run(
+        ["ssh-keyscan", "-p", "22", *addresses], capture_output=True, text=True, timeout=60
+    )
+    known.write_text(scan.stdout)
+    done = site.make("status", f"KNOWN_HOSTS={known}", inventory=inventory)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("no node running") == 3, done.stdout

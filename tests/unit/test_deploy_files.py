@@ -1,13 +1,16 @@
-"""The deploy's pieces that need no host: app.config's TOML, release pruning, the bundle id."""
+"""The deploy's pieces that need no host: app.config's TOML, releases (pruned, discarded,
+in use, their reports), the bundle id."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -83,33 +86,111 @@ def test_app_config_template_is_toml_that_amoc_reads_back(tmp_path: Path) -> Non
     assert "graphite_host" not in out.read_text()
 
 
-def test_prune_keeps_the_newest_releases_the_current_ones_and_their_bundles(
+def _release(root: Path, name: str, done_at: float | None) -> Path:
+    """A release directory, complete (with its .complete written at `done_at`) or not."""
+    path = root / "releases" / name
+    path.mkdir(parents=True)
+    if done_at is not None:
+        (path / ".complete").write_text(name)
+        os.utime(path / ".complete", (done_at, done_at))
+    return path
+
+
+@contextlib.contextmanager
+def _node(home: Path, install: str, name: str, release: Path) -> Iterator[int]:
+    """A live process that holds node `name`'s pid file, run from `release` (AMOC_HOME)."""
+    run = home / "var" / install / "run" / name
+    run.mkdir(parents=True)
+    code = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, f'{os.getpid()}\\n'.encode())\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(run / "node.pid")],
+        env={**os.environ, "AMOC_HOME": str(release)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "locked\n"
+        yield child.pid
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_prune_keeps_the_current_the_running_and_the_newest_complete_releases(
     tmp_path: Path,
 ) -> None:
-    prune = _load(ROLE / "files" / "prune_releases.py")
-    names = [
-        ("amoc-aaaaaaaaaaaa-000000000001", 1),
-        ("amoc-bbbbbbbbbbbb-000000000002", 2),
-        ("amoc-cccccccccccc-000000000003", 3),
-        ("amoc_master-aaaaaaaaaaaa-000000000009", 4),
-        ("bundle-aaaaaaaaaaaa", 1),
-        ("bundle-bbbbbbbbbbbb", 2),
-        ("bundle-cccccccccccc", 3),
-        ("bundle-dddddddddddd", 0),
-    ]
+    releases = _load(ROLE / "files" / "releases.py")
     now = time.time()
-    for name, age in names:
-        (tmp_path / name).mkdir()
-        os.utime(tmp_path / name, (now - 100 + age, now - 100 + age))
-    current = [tmp_path / "amoc-aaaaaaaaaaaa-000000000001"]  # rolled back to the oldest
-    prune.main(tmp_path, 1, current)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "amoc-aaaaaaaaaaaa-000000000001",
-        "amoc-cccccccccccc-000000000003",
-        "amoc_master-aaaaaaaaaaaa-000000000009",
-        "bundle-aaaaaaaaaaaa",
-        "bundle-cccccccccccc",
-    ]
+    running = _release(tmp_path, "amoc_master-aaaaaaaaaaaa-000000000001", now - 50)
+    _release(tmp_path, "amoc_master-aaaaaaaaaaaa-000000000002", now - 40)
+    newest = _release(tmp_path, "amoc_master-bbbbbbbbbbbb-000000000003", now - 30)
+    _release(tmp_path, "amoc_master-cccccccccccc-000000000004", None)  # half-built
+    current = _release(tmp_path, "amoc_master-bbbbbbbbbbbb-000000000005", now - 60)  # rolled back
+    slave = _release(tmp_path, "amoc-dddddddddddd-000000000006", None)  # current, pre-.complete
+    for bundle in ("aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc", "dddddddddddd", "eeeeeeeeeeee"):
+        (tmp_path / "releases" / f"bundle-{bundle}").mkdir()
+    (tmp_path / "amoc_master").symlink_to(current)
+    (tmp_path / "amoc").symlink_to(slave)
+    (tmp_path / "var" / "amoc_master" / "run" / "gone").mkdir(parents=True)
+    (tmp_path / "var" / "amoc_master" / "run" / "gone" / "node.pid").write_text("1\n")  # dead
+    with _node(tmp_path, "amoc_master", "master", running) as pid:
+        result = releases.prune(tmp_path, 1)
+        bundles = ["bundle-aaaaaaaaaaaa", "bundle-bbbbbbbbbbbb", "bundle-dddddddddddd"]
+        assert sorted(p.name for p in (tmp_path / "releases").iterdir()) == sorted(
+            [running.name, newest.name, current.name, slave.name, *bundles]
+        )
+        assert sorted(Path(p).name for p in result["removed"]) == [
+            "amoc_master-aaaaaaaaaaaa-000000000002",
+            "amoc_master-cccccccccccc-000000000004",
+            "bundle-cccccccccccc",
+            "bundle-eeeeeeeeeeee",
+        ]
+        assert result["stale"] == [
+            {
+                "install": "amoc_master",
+                "node": "master",
+                "pid": pid,
+                "release": running.name,
+                "current": current.name,
+                "why": "older code",
+            }
+        ]
+    # The node has stopped: its release is one more old one.
+    result = releases.prune(tmp_path, 1)
+    assert [Path(p).name for p in result["removed"]] == [running.name, "bundle-aaaaaaaaaaaa"]
+    assert result["stale"] == []
+
+
+def test_a_failed_deploy_discards_its_releases_but_never_one_in_use(tmp_path: Path) -> None:
+    releases = _load(ROLE / "files" / "releases.py")
+    current = _release(tmp_path, "amoc-aaaaaaaaaaaa-000000000001", 1.0)
+    running = _release(tmp_path, "amoc-aaaaaaaaaaaa-000000000002", 2.0)
+    new = _release(tmp_path, "amoc-bbbbbbbbbbbb-000000000003", None)
+    (tmp_path / "releases" / "bundle-aaaaaaaaaaaa" / "venv").mkdir(parents=True)
+    (tmp_path / "releases" / "bundle-aaaaaaaaaaaa" / ".installed").touch()
+    (tmp_path / "releases" / "bundle-bbbbbbbbbbbb").mkdir()  # half-installed by this deploy
+    (tmp_path / "amoc").symlink_to(current)
+    with _node(tmp_path, "amoc", "s1", running):
+        result = releases.discard(tmp_path, [current, running, new])
+        assert sorted(Path(p).name for p in result["removed"]) == [new.name, "bundle-bbbbbbbbbbbb"]
+    assert current.is_dir() and running.is_dir()
+    assert (tmp_path / "releases" / "bundle-aaaaaaaaaaaa").is_dir()
+
+
+def test_a_release_links_its_reports_outside_itself(tmp_path: Path) -> None:
+    make_release = _load(ROLE / "files" / "make_release.py")
+    release, bundle = tmp_path / "releases" / "amoc-1", tmp_path / "releases" / "bundle-1"
+    make_release.main(release, bundle, tmp_path / "var" / "amoc", tmp_path / "amoc_reports")
+    assert os.readlink(release / "reports") == str(tmp_path / "amoc_reports")
+    assert (tmp_path / "amoc_reports").stat().st_mode & 0o777 == 0o700
+    assert os.readlink(release / "run") == str(tmp_path / "var" / "amoc" / "run")
 
 
 def test_the_bundle_id_follows_the_sources(tmp_path: Path) -> None:

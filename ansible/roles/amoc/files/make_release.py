@@ -1,11 +1,12 @@
 """Lay out one amoc release on a host (run by `make deploy`); idempotent.
 
-    make_release.py RELEASE_DIR BUNDLE_DIR STATE_DIR
+    make_release.py RELEASE_DIR BUNDLE_DIR STATE_DIR REPORTS_DIR
 
 RELEASE_DIR gets bin/amoc (the launcher), priv/, keys/ and links to the bundle's venv and
-scenarios and to STATE_DIR's run/ and log/, which outlive releases (pid files, console
-sockets and logs stay where `bin/amoc stop` finds them after a switch). Prints each thing
-it made; nothing when all was there.
+scenarios, to STATE_DIR's run/ and log/ and to REPORTS_DIR, which outlive releases (pid
+files, console sockets and logs stay where `bin/amoc stop` finds them after a switch; a
+report written to the release's reports/ survives the release). Prints each thing it made;
+nothing when all was there.
 """
 
 import os
@@ -49,21 +50,23 @@ def launcher(path: Path) -> None:
         os.chmod(path, 0o755)
 
 
-def main(release: Path, bundle: Path, state: Path) -> None:
+def main(release: Path, bundle: Path, state: Path, reports: Path) -> None:
     """The release's layout."""
     for sub, mode in (("bin", 0o755), ("priv", 0o755), ("priv/scenarios", 0o755), ("keys", 0o700)):
         directory(release / sub, mode)
     directory(state / "run", 0o700)
     directory(state / "log", 0o755)
+    directory(reports, 0o700)
     link(release / "venv", bundle / "venv")
     link(release / "scenarios", bundle / "scenarios")
     link(release / "run", state / "run")
     link(release / "log", state / "log")
+    link(release / "reports", reports)
     launcher(release / "bin" / "amoc")
 
 
 if __name__ == "__main__":
     try:
-        main(*(Path(arg) for arg in sys.argv[1:4]))
+        main(*(Path(arg) for arg in sys.argv[1:5]))
     except OSError as exc:
         sys.exit(f"make_release: {exc}")
