@@ -303,7 +303,9 @@ def _three_deploys_while_a_run_is_active(site: Site) -> None:
     s1, s2 = site.hostname("slave1"), site.hostname("slave2")
     for interarrival in (1, 2, 3):  # a new config, so a new release, each time
         set_group_var(site.inventory, "interarrival", str(interarrival))
+        started = time.monotonic()
         deploy = site.make("deploy")
+        site.timings[f"deploy {interarrival} under a run"] = time.monotonic() - started
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         assert "running nodes that still run an older release" in deploy.stdout, deploy.stdout
         for node, host in (("master", "master"), (f"s1@{s1}", "slave1"), (f"s2@{s1}", "slave1")):

@@ -172,3 +172,26 @@ async def test_a_runs_settings_name_the_closest_declared_one(tmp_path: Path) -> 
     assert str(refused.value) == (
         "unknown setting 'wait_ms' for scenario 'waits'; did you mean 'waits_ms'?"
     )
+
+
+def test_the_deploy_keeps_the_catalog_until_a_source_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = _load(ROLE / "files" / "check_settings.py")
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    (scenarios / "mine.py").write_text(
+        "from amoc.config import param\nPARAMETERS = [param('mine_wait', 5)]\n"
+        "async def start(user_id):\n    pass\n"
+    )
+    first = check.cached_catalog(scenarios, tmp_path / "cache")
+    assert first.scenarios == {"mine": {"mine_wait"}}
+
+    def no_check(_dirs: object) -> None:
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(check.catalog, "catalog", no_check)
+    assert check.cached_catalog(scenarios, tmp_path / "cache").names() == first.names()
+    (scenarios / "mine.py").write_text((scenarios / "mine.py").read_text() + "# changed\n")
+    with pytest.raises(AssertionError, match="checked again"):
+        check.cached_catalog(scenarios, tmp_path / "cache")

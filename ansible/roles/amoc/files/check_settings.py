@@ -2,7 +2,7 @@
 each with the closest known name (run by `make prepare` and `make deploy` on this machine,
 before any host is touched; the types are checked afterwards, by validate.yml).
 
-    check_settings.py INVENTORY ROLE_DIR SCENARIOS_DIR PLAYBOOK_DIR
+    check_settings.py INVENTORY ROLE_DIR SCENARIOS_DIR PLAYBOOK_DIR CACHE_DIR
 
 Prints one JSON object, {"problems": [...]}, each problem a sentence such as
 "unknown setting 'interarival' in group_vars/amoc; did you mean 'interarrival'?".
@@ -12,15 +12,19 @@ Known at the top level of group_vars/amoc and on a host's line: the role's defau
 name (Ansible's own, passed on as they are). Known in scenario_params: every setting a node
 declares itself and every parameter a scenario in SCENARIOS_DIR declares (the deploy does
 not know which scenario will run; `--set` and amoc_dist.do check against the one that runs).
-The scenarios are checked in child processes (amoc.catalog), never imported here.
+The scenarios are checked in child processes (amoc.catalog), never imported here; what
+they declare is kept in CACHE_DIR, by a digest of amoc's and the scenarios' sources.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -169,14 +173,45 @@ def problems(
     return found
 
 
-def main(inventory: Path, role: Path, scenarios: Path, playbook_dir: Path) -> None:
+def cached_catalog(scenarios: Path, cache: Path) -> catalog.Catalog:
+    """The catalog of amoc and `scenarios`, kept in `cache` by a digest of their sources
+    (checking the scenarios takes a child process each)."""
+    digest = hashlib.sha256(sys.version.encode())
+    package = Path(catalog.__file__).resolve().parent
+    for root, pattern in ((package, "**/*.py"), (scenarios, "*.py")):
+        for path in sorted(root.glob(pattern)):
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    kept = cache / f"catalog-{digest.hexdigest()[:16]}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        data = json.loads(kept.read_text())
+        return catalog.Catalog(
+            set(data["node"]), {k: set(v) for k, v in data["scenarios"].items()}, data["problems"]
+        )
+    found = catalog.catalog([scenarios])
+    with contextlib.suppress(OSError):
+        cache.mkdir(parents=True, exist_ok=True)
+        for old in cache.glob("catalog-*.json"):
+            old.unlink()
+        data = {
+            "node": sorted(found.node),
+            "scenarios": {k: sorted(v) for k, v in found.scenarios.items()},
+            "problems": found.problems,
+        }
+        if not found.problems:  # a scenario that failed may load next time
+            kept.write_text(json.dumps(data))
+    return found
+
+
+def main(inventory: Path, role: Path, scenarios: Path, playbook_dir: Path, cache: Path) -> None:
     """Print the problems of the inventory's settings as JSON."""
     missing = missing_group_vars(inventory)
     if missing is not None:
         print(json.dumps({"problems": [missing]}))
         return
-    data = read_inventory(inventory, playbook_dir)
-    known = catalog.catalog([scenarios])
+    with ThreadPoolExecutor(1) as pool:  # ansible-inventory while the scenarios are checked
+        reading = pool.submit(read_inventory, inventory, playbook_dir)
+        known = cached_catalog(scenarios, cache)
+        data = reading.result()
     print(
         json.dumps(
             {"problems": problems(data, inventory_dir(inventory), deploy_names(role), known)}
@@ -185,4 +220,4 @@ def main(inventory: Path, role: Path, scenarios: Path, playbook_dir: Path) -> No
 
 
 if __name__ == "__main__":
-    main(*(Path(arg) for arg in sys.argv[1:5]))
+    main(*(Path(arg) for arg in sys.argv[1:6]))
