@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from amoc import __version__, api, metrics, watchdog
+from amoc import __version__, api, metrics, user_errors, watchdog
 from amoc import scenario as scenario_mod
 from amoc.cluster import settings as cluster_settings
 from amoc.cluster.master import Master
@@ -138,6 +138,7 @@ class Node:
         self.config.declare(cluster_settings.PARAMETERS)
         self.config.declare(report_recorder.PARAMETERS)
         self.config.declare(watchdog.PARAMETERS)
+        self.config.declare(user_errors.PARAMETERS)
         install_streams()
         tune_gc()
         self._thread = threading.Thread(target=self._run, name="amoc-loop", daemon=True)

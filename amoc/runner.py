@@ -27,13 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amoc import coordinator, metrics, throttle
+from amoc import coordinator, metrics, throttle, user_errors
 from amoc import scenario as scenario_mod
 from amoc.config import BUILTINS, Config, Param, amoc_config, non_negative_ms
 from amoc.errors import ConfigError, RunnerError, ScenarioError
 
 log = logging.getLogger("amoc.runner")
 user_log = logging.getLogger("amoc.user")
+# Users' failures go to user_log through this, at most a line per user per interval (see
+# amoc.user_errors): one per process, as the terminal and the log file it keeps readable.
+user_failures = user_errors.FailureLog(user_log)
 
 # Users spawned back to back (interarrival 0) yield to the loop this often.
 _SPAWN_BATCH = 200
@@ -530,11 +533,11 @@ class Controller:
                         await loop.run_in_executor(self._executor, functools.partial(start, *args))
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception as exc:
                     user.errors += 1
                     self._counts["failed_runs"] += 1
                     self._m_failed.inc()
-                    user_log.exception("user %d: start raised (run %d)", user.id, user.runs + 1)
+                    user_failures.failed(loaded, user.id, user.runs + 1, exc, self.config)
                 finally:
                     user.in_start = False
                 user.runs += 1
@@ -551,6 +554,8 @@ class Controller:
                 if finished:
                     self._counts["finished"] += 1
                     self._m_finished.inc()
+                if not self._users and not self._pending:
+                    user_failures.ended(loaded)  # the run's last user: its last counts now
                 if self.state is State.RUNNING and not self._users and not self._pending:
                     self.state = State.FINISHED
 
