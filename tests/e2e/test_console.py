@@ -1,7 +1,9 @@
 """The README's console walkthrough, through a real terminal, on the built release."""
 
+import io
 import itertools
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -114,9 +116,13 @@ def test_console_socket_is_private(release: Path, node_name: str) -> None:
 
 def test_errors_are_clear_and_disturb_nothing(release: Path, node_name: str) -> None:
     scenarios = release / "scenarios"
+    go = scenarios / "flaky.go"  # user 3 fails once this exists: when the console is idle
+    go.unlink(missing_ok=True)
     (scenarios / "flaky.py").write_text(
+        "from pathlib import Path\n"
+        f"GO = Path({str(go)!r})\n"
         "async def start(user_id):\n"
-        "    if user_id == 3:\n"
+        "    if user_id == 3 and GO.exists():\n"
         "        raise RuntimeError('user three is broken')\n"
     )
     (scenarios / "unimportable.py").write_text(
@@ -148,16 +154,39 @@ def test_errors_are_clear_and_disturb_nothing(release: Path, node_name: str) -> 
     assert term.value("amoc_local.users()") == [1, 2, 3, 4]
     term.run("amoc_local.stop()")
 
+    # User 3 fails ten times a second: its first failure is shown at once, then nothing
+    # until user_error_interval (30 s) is over or the run stops, so the console stays usable.
     term.run('amoc_config.set("repeat_interval", 100)')
+    shown = io.StringIO()
+    term.child.logfile_read = shown  # everything the terminal shows from here on
     term.run('amoc_local.do("flaky", 1, 5)')
-    term.wait('status()["users"]["failed_runs"]', lambda n: n >= 2)
-    status = term.value("dict(status())")
-    assert status["users"]["running"] == 5  # user 3 is retried, the others go on
-    term.run("amoc_local.stop()")
+    # Only now, at a quiet prompt: a line printed while the prompt is being drawn can split
+    # it, and no prompt would be seen.
+    go.touch()
+    term.child.expect(
+        r"\[error\] user 3: start raised \(run \d+\): "
+        r"RuntimeError: user three is broken \(traceback in the log\)\r?\n"
+    )
+    failed = term.wait('metrics.counter("users.failed").value', lambda n: n >= 31)  # >= 3 s
+    assert term.value("amoc_local.users()") == [1, 2, 3, 4, 5]  # user 3 is retried
+    out = term.run("amoc_local.stop()")  # the run's last counts are shown as it stops
+    total = term.value('metrics.counter("users.failed").value')
+    assert isinstance(failed, int) and isinstance(total, int) and total >= failed
+    last = re.compile(
+        rf"\[error\] user 3 failed {total - 1} times in [0-9.]+ s; "
+        r"last: RuntimeError: user three is broken$",
+        re.M,
+    )
+    assert last.search(out), out
+    assert term.value("1 + 1") == 2
+    term.child.logfile_read = None
+    errors = [line for line in shown.getvalue().splitlines() if "[error]" in line]
+    assert len(errors) == 2, errors  # not one per failure
     term.leave()
     log = (release / "log" / f"{node_name}.log").read_text()
-    assert "user 3: start raised" in log
+    assert log.count("user 3: start raised") == 1
     assert "RuntimeError: user three is broken" in log and "Traceback" in log
+    assert f"user 3 failed {total - 1} times in " in log
 
 
 def test_ctrl_c_in_the_console_keeps_the_node(release: Path, node_name: str) -> None:
