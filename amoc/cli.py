@@ -307,11 +307,11 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
         while not ended.wait(0.2) and time.monotonic() < deadline:
             try:
                 # Read in the loop that owns the controller, never from this thread.
-                if node.read(ctl.status, timeout=ANSWER_TIMEOUT)["state"] != "running":
+                if node.read(ctl.status, timeout=ANSWER_TIMEOUT).state != "running":
                     break
             except concurrent.futures.TimeoutError:
                 continue  # a busy loop (the watchdog logs it): keep to the deadline
-        final = node.call(ctl.stop(), timeout=STOP_TIMEOUT)
+        final = node.call(ctl.stop(), timeout=STOP_TIMEOUT).to_dict()
     except AmocError as exc:
         print(f"amoc: {exc}", file=sys.stderr)
         node.shutdown()

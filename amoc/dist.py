@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
 from typing import Any
 
 from amoc.cluster.master import Master
-from amoc.local import Call
+from amoc.local import Call, RunnerConsole, in_loop
 
 
 class ClusterReply(dict[str, Any]):
@@ -37,13 +37,16 @@ class NodeTable(list[dict[str, Any]]):
     def __repr__(self) -> str:
         if not self:
             return "no slave node has joined yet"
-        rows = [("node", "host", "up", "running", "pending", "errors", "heartbeat", "state")]
+        rows = [
+            ("node", "host", "up", "placed", "running", "pending", "errors", "heartbeat", "state")
+        ]
         for n in self:
             rows.append(
                 (
                     n["name"],
                     n["host"],
                     "up" if n["up"] else "DOWN",
+                    str(n.get("placed", "")),
                     str(n["running"]),
                     str(n["pending"]),
                     str(n["errors"]),
@@ -57,12 +60,12 @@ class NodeTable(list[dict[str, Any]]):
         )
 
 
-class AmocDist:
+class AmocDist(RunnerConsole):
     """Run a scenario over the slave nodes: do, add, remove, stop, status, placement."""
 
     def __init__(self, master: Master, call: Call) -> None:
+        super().__init__(master, call, ClusterReply)
         self._master = master
-        self._call = call
 
     def do(
         self,
@@ -76,29 +79,9 @@ class AmocDist:
         rebalance: bool = False,
     ) -> ClusterReply:
         """Start users first..last spread over `nodes` (default: every slave that is up)."""
-        return ClusterReply(
-            self._call(
-                self._master.do(
-                    scenario, first, last, nodes, comment, settings, strategy, rebalance
-                )
-            )
-        )
-
-    def add(self, count: int) -> ClusterReply:
-        """Start `count` more users with the next ids, continuing the rotation."""
-        return ClusterReply(self._call(self._master.add(count)))
-
-    def remove(self, count: int, force: bool = False) -> ClusterReply:
-        """Remove the `count` newest users wherever they run; `force=True` kills them now."""
-        return ClusterReply(self._call(self._master.remove(count, force)))
-
-    def stop(self) -> ClusterReply:
-        """Stop the scenario on every node."""
-        return ClusterReply(self._call(self._master.stop()))
-
-    def status(self) -> ClusterReply:
-        """The cluster now."""
-        return ClusterReply(self._call(_now(self._master.status)))
+        run = self._master.do(scenario, first, last, settings, comment, nodes=nodes,
+                              strategy=strategy, rebalance=rebalance)  # fmt: skip
+        return ClusterReply(self._call(run).to_dict())
 
     def change_rate(self, name: str, rate: float, interval: float | None = None) -> dict[str, Any]:
         """Change throttle `name` on every slave (each applies its share of `rate`)."""
@@ -120,14 +103,15 @@ class AmocDist:
 
     def placement(self) -> dict[str, list[int]]:
         """Node -> ids placed on it."""
-        result: dict[str, list[int]] = self._call(_now(self._master.placement))
+        result: dict[str, list[int]] = self._call(in_loop(self._master.placement))
         return result
 
     def nodes(self) -> NodeTable:
         """Every slave the master knows: up or down, users, errors, last heartbeat."""
-        return NodeTable(self._call(_now(self._master.node_views)))
+        views = self._call(in_loop(self._master.node_views))
+        return NodeTable(dataclasses.asdict(v) for v in views)
 
-    def wait(self, running: int, timeout: float = 60.0) -> ClusterReply:
+    def wait(self, running: int, timeout: float = 60.0) -> dict[str, Any]:
         """Wait until `running` users run over the cluster (or `timeout` s); the status."""
         deadline = time.monotonic() + timeout
         status = self.status()
@@ -140,10 +124,6 @@ class AmocDist:
         return (
             "amoc_dist: do(scenario, first, last, nodes=None, comment='', settings=None, "
             "strategy='round_robin', rebalance=False), add(count), remove(count, force=False), "
-            "stop(), status(), placement(), wait(running)"
+            "stop(), status(), placement(), nodes(), wait(running), change_rate(name, rate), "
+            "change_rate_gradually(name, from_rate, to_rate, step_interval, steps)"
         )
-
-
-async def _now(read: Callable[[], Any]) -> Any:
-    """Run a read of the master's state inside its loop (the only thread that changes it)."""
-    return read()

@@ -1,7 +1,8 @@
-"""`amoc_local`: the runner's verbs for a console, callable from any thread.
+"""The console's adapter over a `Runner`, and `amoc_local`, this node's runner.
 
-The controller belongs to the node's event loop: every verb, reads included, runs there
-through `call` (`Node.call`), never on the console's thread.
+A runner belongs to the node's event loop: every verb, reads included, runs there
+through `call` (`Node.call`), never on the console's thread. `amoc_dist` (amoc.dist) is
+the same adapter over the cluster's master.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from amoc.runner import Controller
+from amoc.status import Runner
 
 
 class Reply(dict[str, Any]):
@@ -36,12 +38,38 @@ class Reply(dict[str, Any]):
 Call = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
-class AmocLocal:
+class RunnerConsole:
+    """The verbs every runner has (add, remove, stop, status), for a console: each runs in
+    the runner's loop through `call`; answers print as `reply` does."""
+
+    def __init__(self, runner: Runner, call: Call, reply: type[dict[str, Any]]) -> None:
+        self._runner = runner
+        self._call = call
+        self._reply = reply
+
+    def add(self, count: int) -> dict[str, Any]:
+        """Start `count` more users with the next ids."""
+        return self._reply(self._call(self._runner.add(count)).to_dict())
+
+    def remove(self, count: int, force: bool = False) -> dict[str, Any]:
+        """Remove the `count` newest users; `force=True` kills them now."""
+        return self._reply(self._call(self._runner.remove(count, force)).to_dict())
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the scenario and every user."""
+        return self._reply(self._call(self._runner.stop()).to_dict())
+
+    def status(self) -> dict[str, Any]:
+        """The run now."""
+        return self._reply(self._call(in_loop(self._runner.status)).to_dict())
+
+
+class AmocLocal(RunnerConsole):
     """Run a scenario on this node: do, add, remove, stop, status."""
 
     def __init__(self, controller: Controller, call: Call) -> None:
+        super().__init__(controller, call, Reply)
         self._ctl = controller
-        self._call = call
 
     def do(
         self,
@@ -50,29 +78,13 @@ class AmocLocal:
         last: int,
         settings: dict[str, Any] | None = None,
         comment: str = "",
-    ) -> Reply:
+    ) -> dict[str, Any]:
         """Start users `first`..`last` of `scenario`, one every `interarrival` ms."""
-        return Reply(self._call(self._ctl.do(scenario, first, last, settings, comment)))
-
-    def add(self, count: int) -> Reply:
-        """Start `count` more users with the next ids."""
-        return Reply(self._call(self._ctl.add(count)))
-
-    def remove(self, count: int, force: bool = False) -> Reply:
-        """Remove the `count` newest users; `force=True` kills them now."""
-        return Reply(self._call(self._ctl.remove(count, force)))
-
-    def stop(self) -> Reply:
-        """Stop the scenario and every user."""
-        return Reply(self._call(self._ctl.stop()))
-
-    def status(self) -> Reply:
-        """What runs on this node."""
-        return Reply(self._call(_status(self._ctl)))
+        return Reply(self._call(self._ctl.do(scenario, first, last, settings, comment)).to_dict())
 
     def users(self) -> list[int]:
         """Ids of the users alive here."""
-        result: list[int] = self._call(_users(self._ctl))
+        result: list[int] = self._call(in_loop(self._ctl.user_ids))
         return result
 
     def __repr__(self) -> str:
@@ -82,9 +94,6 @@ class AmocLocal:
         )
 
 
-async def _users(ctl: Controller) -> list[int]:
-    return ctl.user_ids()
-
-
-async def _status(ctl: Controller) -> dict[str, Any]:
-    return ctl.status()
+async def in_loop(read: Callable[[], Any]) -> Any:
+    """Run a read of a runner's state inside its loop (the only thread that changes it)."""
+    return read()

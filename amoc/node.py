@@ -24,10 +24,10 @@ from amoc.cluster.slave import SlaveLink
 from amoc.config import Config, amoc_config
 from amoc.console import BANNER, LEAVE_ATTACHED, ConsoleSession, install_streams
 from amoc.console_socket import Connection, ConsoleClient, serve
-from amoc.dist import AmocDist, ClusterReply, NodeTable
+from amoc.dist import AmocDist, NodeTable
 from amoc.errors import AmocError, NodeError
 from amoc.home import Home
-from amoc.local import AmocLocal, Reply
+from amoc.local import AmocLocal
 from amoc.report import live
 from amoc.report import recorder as report_recorder
 from amoc.runner import Controller
@@ -190,7 +190,7 @@ class Node:
         assert self.controller is not None
         local = AmocLocal(self.controller, self.call)
 
-        def status() -> Reply:
+        def status() -> dict[str, Any]:
             """What runs on this node."""
             return local.status()
 
@@ -219,7 +219,7 @@ class Node:
         if self.master is not None:
             dist = AmocDist(self.master, self.call)
 
-            def cluster_status() -> ClusterReply:
+            def cluster_status() -> dict[str, Any]:
                 """The cluster: the run, every node, the totals."""
                 return dist.status()
 
@@ -295,10 +295,8 @@ class Node:
     def sample(self) -> dict[str, Any]:
         """What the live view and the report need now (call it in the loop)."""
         if self.master is not None:
-            up = {n.name for n in self.master.nodes.values() if n.up}
-            nodes = {k: v for k, v in metrics.REGISTRY.remote.items() if k in up}
-            targets = {k: len(v) for k, v in self.master.placement().items()}
-            scenario = self.master.run.scenario if self.master.run else None
+            cluster = self.master.sample()
+            nodes, targets, scenario = cluster["nodes"], cluster["targets"], cluster["scenario"]
         else:
             assert self.controller is not None
             nodes = {self.home.name: metrics.REGISTRY.local_snapshot()}
@@ -334,9 +332,9 @@ class Node:
             return {
                 "name": self.home.name,
                 "pid": os.getpid(),
-                "controller": self.controller.status(),
+                "controller": self.controller.status().to_dict(),
                 "metrics": metrics.summary(metrics.REGISTRY.snapshot()),
-                "cluster": self.master.status() if self.master is not None else None,
+                "cluster": self.master.status().to_dict() if self.master is not None else None,
             }
         if op == "sample":
             return {"sample": self.sample()}

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from amoc import coordinator, metrics, throttle, user_errors
 from amoc import scenario as scenario_mod
 from amoc.config import BUILTINS, Config, Param, amoc_config, non_negative_ms
 from amoc.errors import ConfigError, RunnerError, ScenarioError
+from amoc.status import Removal, RunStatus, UserCounts
 
 log = logging.getLogger("amoc.runner")
 user_log = logging.getLogger("amoc.user")
@@ -116,7 +117,7 @@ class Controller:
         self._start_aborted = False
         self._start_done: asyncio.Future[None] | None = None
         self._init_task: asyncio.Task[Any] | None = None
-        self._stop_task: asyncio.Task[dict[str, Any]] | None = None
+        self._stop_task: asyncio.Task[RunStatus] | None = None
         self.config.declare(PARAMETERS)
         self._executor = ThreadPoolExecutor(sync_workers, thread_name_prefix="amoc-sync-start")
         self._m_started = metrics.counter("users.started")
@@ -133,10 +134,10 @@ class Controller:
         name: str,
         first: int,
         last: int,
-        settings: dict[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
         comment: str = "",
         ids: Sequence[int] | None = None,
-    ) -> dict[str, Any]:
+    ) -> RunStatus:
         """Load scenario `name`, run its init, then start users `first`..`last`."""
         user_ids = list(ids) if ids is not None else _id_range(first, last)
         _check_ids(user_ids)
@@ -153,9 +154,9 @@ class Controller:
         self,
         loaded: scenario_mod.Scenario,
         user_ids: Sequence[int],
-        settings: dict[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
         comment: str = "",
-    ) -> dict[str, Any]:
+    ) -> RunStatus:
         """Like `do`, for a scenario already loaded (uploaded source, cluster)."""
         user_ids = list(user_ids)
         _check_ids(user_ids)
@@ -165,7 +166,7 @@ class Controller:
         finally:
             self._end_start(previous)
 
-    async def add(self, count: int, ids: Sequence[int] | None = None) -> dict[str, Any]:
+    async def add(self, count: int, ids: Sequence[int] | None = None) -> RunStatus:
         """Start `count` more users with the next ids (or exactly `ids`)."""
         if self.state is State.STARTING or self.state is State.STOPPING:
             raise RunnerError(self._busy_message())
@@ -187,7 +188,7 @@ class Controller:
 
     async def remove(
         self, count: int, force: bool = False, ids: Sequence[int] | None = None
-    ) -> dict[str, Any]:
+    ) -> Removal:
         """Remove the `count` newest users (or exactly `ids`); force kills them at once."""
         if self.scenario is None:
             raise RunnerError("no scenario is running")
@@ -219,9 +220,9 @@ class Controller:
                 user.task.cancel()
         if force:
             await self._wait_users([self._users[u] for u in removed if u in self._users])
-        return {"removed": removed, "force": force, **self.status()}
+        return Removal(removed, force, self.status())
 
-    async def stop(self) -> dict[str, Any]:
+    async def stop(self) -> RunStatus:
         """Stop the scenario: kill every user, run `terminate`, go back to idle.
 
         Bounded: a start under way is called off, users that do not end within
@@ -246,7 +247,7 @@ class Controller:
             self._stop_task = asyncio.get_running_loop().create_task(self._stop(), name="stop")
         return await asyncio.shield(self._stop_task)
 
-    async def _stop(self) -> dict[str, Any]:
+    async def _stop(self) -> RunStatus:
         assert self.scenario is not None
         self.state = State.STOPPING
         if self._spawner is not None:
@@ -284,23 +285,27 @@ class Controller:
 
     # -- reading ------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """A plain-dict picture of this node's run."""
+    def status(self) -> RunStatus:
+        """This node's run now."""
         starting = self.state is State.STARTING
         name = self._starting_name if starting else self.scenario.name if self.scenario else None
-        return {
-            "state": self.state.value,
-            "scenario": name,
-            "since": self._since if self.scenario and not starting else None,
-            "comment": self._comment,
-            "users": {
-                "running": self._running,
-                "stopping": self._stopping,
-                "pending": len(self._pending),
+        return RunStatus(
+            state=self.state.value,
+            scenario=name,
+            since=self._since if self.scenario and not starting else None,
+            comment=self._comment,
+            users=UserCounts(
+                running=self._running,
+                stopping=self._stopping,
+                pending=len(self._pending),
                 **self._counts,
-            },
-            "next_id": self._next_id,
-        }
+            ),
+            next_id=self._next_id,
+        )
+
+    def known_ids(self) -> set[int]:
+        """Ids this node holds in any way: pending, running or stopping."""
+        return set(self._users) | set(self._pending)
 
     def user_ids(self) -> list[int]:
         """Ids of the users alive on this node (pending ones included), ascending."""
@@ -341,9 +346,9 @@ class Controller:
         self,
         loaded: scenario_mod.Scenario,
         user_ids: list[int],
-        settings: dict[str, Any],
+        settings: Mapping[str, Any],
         comment: str,
-    ) -> dict[str, Any]:
+    ) -> RunStatus:
         self._check_not_aborted(loaded)
         self.config.declare(loaded.params)
         self._apply_settings(loaded, settings)
@@ -443,7 +448,7 @@ class Controller:
             del self._users[user.id]
         return True
 
-    def _apply_settings(self, loaded: scenario_mod.Scenario, settings: dict[str, Any]) -> None:
+    def _apply_settings(self, loaded: scenario_mod.Scenario, settings: Mapping[str, Any]) -> None:
         checked = {}
         known = self.config.known()
         for key, value in settings.items():

@@ -1,16 +1,22 @@
-"""What the API drives: a ClusterProvider. A single node supplies LocalProvider.
+"""What the API drives: a ClusterProvider, made by `RunnerProvider` over any `Runner`.
 
-A master plugs in its own provider (same methods, fanned out to its nodes); the
-API's routes do not change.
+A node alone gets `local_provider` (its controller), a master `master_provider` (the
+cluster); the API's routes do not change.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from amoc import __version__
 from amoc.runner import Controller
+from amoc.status import Runner
+
+if TYPE_CHECKING:
+    from amoc.cluster.master import Master
 
 
 class ClusterProvider(Protocol):
@@ -43,86 +49,61 @@ class ClusterProvider(Protocol):
         ...
 
 
-class LocalProvider:
-    """This node alone, driving its own controller (runs in the controller's loop)."""
+class RunnerProvider:
+    """The REST API's adapter over a `Runner` (runs in the runner's loop): a node's own
+    controller (`role` "standalone") or a cluster's master ("master")."""
 
-    role = "standalone"
-
-    def __init__(self, controller: Controller, name: str) -> None:
-        self.controller = controller
+    def __init__(
+        self,
+        runner: Runner,
+        name: str,
+        role: str,
+        nodes: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        self.runner = runner
         self.name = name
+        self.role = role
+        self._nodes = nodes
 
     def _identity(self) -> dict[str, Any]:
         return {"node": self.name, "role": self.role, "pid": os.getpid(), "version": __version__}
 
     async def status(self) -> dict[str, Any]:
-        """This node's identity and its controller's status."""
-        return {**self._identity(), **self.controller.status()}
+        """The run now, with this node's identity."""
+        return {**self._identity(), **self.runner.status().to_dict()}
 
     async def nodes(self) -> list[dict[str, Any]]:
-        """Just this node."""
-        return [await self.status()]
+        """The load-generating nodes (this one alone, unless `nodes` says otherwise)."""
+        return self._nodes() if self._nodes is not None else [await self.status()]
 
     async def do(
         self, scenario: str, first: int, last: int, settings: dict[str, Any], comment: str
     ) -> dict[str, Any]:
-        """Run `scenario` on this node's controller."""
-        return {
-            **self._identity(),
-            **await self.controller.do(scenario, first, last, settings, comment),
-        }
+        """Start users `first`..`last` of `scenario`."""
+        status = await self.runner.do(scenario, first, last, settings, comment)
+        return {**self._identity(), **status.to_dict()}
 
     async def add(self, count: int) -> dict[str, Any]:
-        """Add users on this node."""
-        return {**self._identity(), **await self.controller.add(count)}
+        """Add users."""
+        return {**self._identity(), **(await self.runner.add(count)).to_dict()}
 
     async def remove(self, count: int, force: bool) -> dict[str, Any]:
-        """Remove users from this node."""
-        return {**self._identity(), **await self.controller.remove(count, force)}
+        """Remove the newest users."""
+        return {**self._identity(), **(await self.runner.remove(count, force)).to_dict()}
 
     async def stop(self) -> dict[str, Any]:
-        """Stop this node's scenario: its final figures, and the state it is in now (idle)."""
-        final = await self.controller.stop()
-        return {**self._identity(), **final, "state": self.controller.state.value}
+        """Stop the run: its final figures, and the state it is in now."""
+        final = await self.runner.stop()
+        return {**self._identity(), **final.to_dict(), "state": self.runner.status().state}
 
 
-class MasterProvider:
-    """A cluster master: the verbs go to amoc_dist's Master (fanned out to the slaves)."""
+def local_provider(controller: Controller, name: str) -> RunnerProvider:
+    """This node alone, driving its own controller."""
+    return RunnerProvider(controller, name, "standalone")
 
-    role = "master"
 
-    def __init__(self, master: Any, name: str) -> None:
-        self.master = master
-        self.name = name
-
-    def _identity(self) -> dict[str, Any]:
-        return {"node": self.name, "role": self.role, "pid": os.getpid(), "version": __version__}
-
-    async def status(self) -> dict[str, Any]:
-        """The cluster's run and totals, with this master's identity."""
-        return {**self._identity(), **self.master.status()}
-
-    async def nodes(self) -> list[dict[str, Any]]:
-        """Every slave: up or down, users, errors, last heartbeat."""
-        views: list[dict[str, Any]] = self.master.node_views()
-        return views
-
-    async def do(
-        self, scenario: str, first: int, last: int, settings: dict[str, Any], comment: str
-    ) -> dict[str, Any]:
-        """Spread users `first`..`last` over the slaves (the source is shipped to them)."""
-        result = await self.master.do(scenario, first, last, None, comment, settings)
-        return {**self._identity(), **result}
-
-    async def add(self, count: int) -> dict[str, Any]:
-        """Add users over the run's slaves."""
-        return {**self._identity(), **await self.master.add(count)}
-
-    async def remove(self, count: int, force: bool) -> dict[str, Any]:
-        """Remove the newest users wherever they run."""
-        return {**self._identity(), **await self.master.remove(count, force)}
-
-    async def stop(self) -> dict[str, Any]:
-        """Stop the run on every slave."""
-        final = await self.master.stop()
-        return {**self._identity(), **final, "state": "idle"}
+def master_provider(master: Master, name: str) -> RunnerProvider:
+    """A cluster master: the verbs go to the Master (fanned out to the slaves)."""
+    return RunnerProvider(
+        master, name, "master", lambda: [dataclasses.asdict(v) for v in master.node_views()]
+    )

@@ -48,15 +48,15 @@ async def start_node_api(
     if values["api_port"] is None:
         return None
     # Imported here: a node without the API does not load aiohttp.
-    from amoc.api.provider import LocalProvider, MasterProvider
+    from amoc.api.provider import local_provider, master_provider
     from amoc.api.server import ApiServer
     from amoc.api.store import ScenarioStore
 
     token, token_path = await asyncio.to_thread(node_token, values["api_token"], home.run_dir)
     server = ApiServer(
-        MasterProvider(master, home.name)
+        master_provider(master, home.name)
         if master is not None
-        else LocalProvider(controller, home.name),
+        else local_provider(controller, home.name),
         config,
         ScenarioStore(
             controller.scenario_dirs,

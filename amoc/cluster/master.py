@@ -1,111 +1,44 @@
-"""The master's end of the control plane: the node registry, id placement, fan-out.
+"""The master: one run over the slaves, reconciled from what they report.
 
-Slaves dial the master's ROUTER socket; CURVE authenticates them (only the cluster's node
-key is accepted, refusals are logged) and encrypts everything. A slave is known by its
-heartbeats: the first one registers it, each one refreshes its status and metrics, and
-silence for `cluster_down_after` ms marks it down (its users are counted as lost and, with
-`rebalance=True`, started again on the nodes left). A restarted master learns its slaves
-from their heartbeats and adopts the run they carry on.
+Three rooms, each in its module: the wire (`cluster.wire`: socket, CURVE, requests), the
+node registry (`cluster.registry`: heartbeats, up and down, duplicate names) and the run's
+placement (`cluster.placement`: node -> the ids it should run, pure). The master joins
+them: its verbs change the plan and send each touched slave its whole set; each heartbeat
+says what a slave applied, and a slave that missed a change (it was away, restarted, or
+a message was lost) is sent its set again. A restarted master adopts the run the slaves
+report, with its comment, strategy, settings and run-time config.
+
+Everything here runs in the node's event loop; other threads go through `Node.call`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
-import itertools
 import logging
 import time
-from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import zmq
-import zmq.asyncio
-from zmq.auth.asyncio import AsyncioAuthenticator
-
-from amoc import coordinator, metrics
+from amoc import coordinator, metrics, scenario_check
 from amoc import scenario as scenario_mod
-from amoc.cluster import dispatch, keys
-from amoc.cluster.protocol import MAX_FRAME, Op, ProtocolError, Verb, decode, encode, sent
+from amoc.cluster import dispatch
+from amoc.cluster import ids as id_runs
+from amoc.cluster.placement import Plan, RunMeta
+from amoc.cluster.protocol import Op, ProtocolError, Verb
+from amoc.cluster.registry import NodeInfo, NodeRegistry
+from amoc.cluster.wire import MasterWire, split_route
 from amoc.config import Config
-from amoc.errors import AmocError, RunnerError
+from amoc.errors import AmocError, RunnerError, ScenarioError
+from amoc.status import ClusterStatus, ClusterUsers, NodeCounts, NodeView, Removal
 
 log = logging.getLogger("amoc.cluster.master")
 
-REQUEST_TIMEOUT = 15.0
-
-
-@dataclass
-class NodeInfo:
-    """A slave as the master knows it."""
-
-    name: str
-    host: str = ""
-    pid: int = 0
-    version: str = ""
-    capacity: float = 1.0
-    up: bool = True
-    last_seen: float = 0.0  # monotonic
-    last_seen_wall: float = 0.0
-    status: dict[str, Any] = field(default_factory=dict)
-    downs: int = 0
-
-    def view(self, now: float) -> dict[str, Any]:
-        """A plain picture for status() and the REST API."""
-        users = self.status.get("users", {})
-        return {
-            "name": self.name,
-            "host": self.host,
-            "pid": self.pid,
-            "up": self.up,
-            "capacity": self.capacity,
-            "last_heartbeat_s": round(now - self.last_seen, 2),
-            "state": self.status.get("state"),
-            "scenario": self.status.get("scenario"),
-            "running": users.get("running", 0),
-            "pending": users.get("pending", 0),
-            "errors": users.get("failed_runs", 0),
-            "downs": self.downs,
-        }
-
-
-@dataclass
-class Run:
-    """The scenario the cluster runs and where each user id is."""
-
-    scenario: str
-    source: str
-    digest: str
-    settings: dict[str, Any]
-    comment: str
-    strategy: str
-    chosen: list[str] | None  # nodes named in do(); None: every slave, new ones included
-    rebalance: bool
-    offset: int = 0  # ids placed so far: where the rotation goes on
-    next_id: int = 1
-    assigned: dict[int, str] = field(default_factory=dict)  # id -> node, in placement order
-    lost: dict[int, str] = field(default_factory=dict)
-    started_on: set[str] = field(default_factory=set)
-    since: float = field(default_factory=time.time)
-
-
-class _KeyCheck:
-    """ZAP credentials provider: the cluster's node key only; refusals logged."""
-
-    def __init__(self, allowed: bytes) -> None:
-        self.allowed = allowed
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        if key == self.allowed:
-            return True
-        log.warning(
-            "refused a node with an unknown CURVE key %s: it does not hold the cluster's keys",
-            key.decode(errors="replace"),
-        )
-        metrics.counter("cluster.refused").inc()
-        return False
+# Runs stopped by this master: a slave that comes back still running one is told to stop.
+_STOPPED_KEPT = 64
 
 
 class Master:
@@ -113,176 +46,115 @@ class Master:
 
     def __init__(self, config: Config, keys_dir: Path, scenario_dirs: list[Path]) -> None:
         self.config = config
-        self.keys_dir = keys_dir
         self.scenario_dirs = scenario_dirs
-        self.bind = config.get("cluster_bind")
         self.interval = config.get("cluster_heartbeat") / 1000.0
         self.down_after = config.get("cluster_down_after") / 1000.0
-        self.nodes: dict[str, NodeInfo] = {}
-        self.run: Run | None = None
+        self.registry = NodeRegistry(self.interval, self._refuse)
+        self.wire = MasterWire(
+            config.get("cluster_bind"),
+            keys_dir,
+            {
+                Op.HEARTBEAT: self._heartbeat,
+                Op.METRICS: self._metrics_part,
+                Op.COORDINATE: self._coordinate,
+            },
+        )
+        self.plan: Plan | None = None
         self.hubs: dict[str, coordinator.Hub] = {}
-        self._sock: zmq.asyncio.Socket | None = None
-        self._auth: AsyncioAuthenticator | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._starting = ""  # the scenario a do() under way starts
         self._adopting = False
+        self._stopped: collections.deque[str] = collections.deque(maxlen=_STOPPED_KEPT)
+        self._syncing: set[str] = set()  # nodes with a placement on its way
+        self._tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._m_lost = metrics.counter("cluster.users.lost")
-        self._m_up = metrics.gauge("cluster.nodes.up")
-        self._m_out = metrics.counter("cluster.control.bytes_out")
-        self._m_in = metrics.counter("cluster.control.bytes_in")
+
+    @property
+    def nodes(self) -> dict[str, NodeInfo]:
+        """Every slave the master knows, by name."""
+        return self.registry.nodes
 
     # -- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Authenticate with CURVE, bind, and start the heartbeat tasks."""
-        own = keys.load(self.keys_dir, "master", secret=True)
-        node = keys.load(self.keys_dir, "node", secret=False)
-        ctx = zmq.asyncio.Context.instance()
-        self._auth = AsyncioAuthenticator(ctx)
-        self._auth.start()
-        self._auth.configure_curve_callback("*", _KeyCheck(node.public))
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted slave takes its name back
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a gone slave raises
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
-        sock.curve_server = True
-        sock.curve_secretkey = own.secret
-        sock.curve_publickey = own.public
-        try:
-            sock.bind(self.bind)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            self._auth.stop()
-            raise AmocError(
-                f"the master cannot listen on {self.bind} (cluster_bind): {exc}"
-            ) from None
-        self._sock = sock
+        """Bind and start the heartbeat tasks."""
+        await self.wire.start()
         loop = self._loop = asyncio.get_running_loop()
         self.config.on_change(self._config_changed)
+        metrics.REGISTRY.merge_with(self.registry.snapshots)
         self._tasks = [
-            loop.create_task(self._receive(), name="cluster-receive"),
             loop.create_task(self._ping(), name="cluster-ping"),
             loop.create_task(self._watchdog(), name="cluster-watchdog"),
         ]
-        log.info("master listens for slaves on %s", self.bind)
+        log.info("master listens for slaves on %s", self.wire.bind)
 
     async def close(self) -> None:
         """Close the socket; slaves keep their users and wait for a master."""
+        metrics.REGISTRY.merge_with(None)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
+        await self.wire.close()
 
-    # -- the wire -----------------------------------------------------------------------
+    # -- what the slaves say ------------------------------------------------------------
 
-    def _send(self, name: str, frame: bytes) -> bool:
-        if self._sock is None:
-            return False
-        try:
-            ok = sent(self._sock.send_multipart([name.encode(), frame], zmq.NOBLOCK))
-        except (zmq.Again, zmq.ZMQError):
-            ok = False
-        if not ok:
-            return False  # not connected (ROUTER_MANDATORY): the watchdog will see it
-        self._m_out.inc(len(frame))
-        return True
+    def _heartbeat(self, route: str, msg: dict[str, Any]) -> None:
+        beat = self.registry.beat(route, msg)
+        if beat is None:
+            return
+        info, event = beat
+        sender = info.name
+        self.wire.routes[sender] = route
+        if event in ("joined", "restarted") and (self.plan or not info.report.meta):
+            # A newcomer gets the run-time config at once (the master's values win), unless
+            # this master has no run and the node carries one: adoption takes its config.
+            self.wire.send(sender, Op.PING, config=self.config.runtime_values())
+        if event in ("returned", "restarted") and self.plan is not None:
+            found = self.plan.restore(sender)
+            if found:
+                log.warning("%d users of node %s are placed on it again", len(found), sender)
+        self._reconcile(info)
 
-    async def request(self, node: str, verb: Verb, **fields: Any) -> Any:
-        """Run `verb` on slave `node`; its result, or AmocError with the slave's error."""
-        name = node
-        request_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = future
-        try:
-            if not self._send(name, encode(Op.REQUEST, id=request_id, verb=verb.value, **fields)):
-                raise AmocError(f"node {name} is not connected")
-            try:
-                reply = await asyncio.wait_for(future, REQUEST_TIMEOUT)
-            except TimeoutError:
-                raise AmocError(
-                    f"node {name} did not answer {verb.value} within {REQUEST_TIMEOUT:.0f} s"
-                ) from None
-        finally:
-            self._waiting.pop(request_id, None)
-        if not reply.get("ok"):
-            raise AmocError(f"node {name}: {reply.get('error')}")
-        return reply.get("result")
+    def _reconcile(self, info: NodeInfo) -> None:
+        """Bring a node in line with the plan (or adopt its run, or stop a stopped one)."""
+        report = info.report
+        run_id = report.meta.run_id if report.meta else None
+        if info.name in self._syncing or not info.up:
+            return
+        plan = self.plan
+        if plan is not None:
+            if plan.behind(info.name, run_id, report.version):
+                self._spawn(self._push(info.name, force=True), f"sync-{info.name}")
+        elif run_id is not None and run_id in self._stopped:
+            self._spawn(self._stop_node(info.name), f"stop-{info.name}")
+        elif run_id is not None and not self._adopting and not self._starting:
+            self._adopting = True
+            self._spawn(self._adopt(), "cluster-adopt")
 
-    async def _receive(self) -> None:
-        assert self._sock is not None
-        while True:
-            try:
-                frames = await self._sock.recv_multipart()
-            except zmq.ZMQError as exc:
-                log.warning("control socket error: %s", exc)
-                continue
-            if len(frames) != 2:
-                log.warning("dropped a control message of %d frames", len(frames))
-                continue
-            sender = frames[0].decode(errors="replace")
-            self._m_in.inc(len(frames[1]))
-            try:
-                msg = decode(frames[1])
-                if msg["op"] is Op.HEARTBEAT:
-                    self._heartbeat(sender, msg)
-                elif msg["op"] is Op.COORDINATE:
-                    self._coordinate(sender, msg)
-                elif msg["op"] is Op.REPLY:
-                    future = self._waiting.get(msg.get("id"))  # type: ignore[arg-type]
-                    if future is not None and not future.done():
-                        future.set_result(msg)
-                else:
-                    raise ProtocolError(f"{msg['op'].value} is not for a master")
-            except ProtocolError as exc:
-                log.warning("dropped a control message from %s: %s", sender, exc)
-            except Exception:  # a bad message must never stop the master
-                log.exception("control message from %s failed", sender)
+    def _metrics_part(self, route: str, msg: dict[str, Any]) -> None:
+        name, instance = split_route(route)
+        info = self.registry.nodes.get(name)
+        if info is None or instance != info.instance:
+            return
+        part = msg.get("snapshot")
+        if not isinstance(part, dict):
+            raise ProtocolError("metrics: snapshot must be a map")
+        if msg.get("first"):
+            info.snapshot = {"counters": {}, "gauges": {}, "histograms": {}}
+        for kind in ("counters", "gauges", "histograms"):
+            values = part.get(kind)
+            if isinstance(values, dict):
+                info.snapshot.setdefault(kind, {}).update(values)
+        if isinstance(part.get("time"), int | float):
+            info.snapshot["time"] = part["time"]
 
-    def _heartbeat(self, sender: str, msg: dict[str, Any]) -> None:
-        name = msg.get("name")
-        if name != sender:
-            raise ProtocolError(f"heartbeat names {name!r} but comes from {sender!r}")
-        status = msg.get("status")
-        if not isinstance(status, dict):
-            raise ProtocolError("heartbeat without a status map")
-        now = time.monotonic()
-        info = self.nodes.get(sender)
-        new = info is None
-        if info is None:
-            info = self.nodes[sender] = NodeInfo(sender)
-            log.info("node %s joined (%s, pid %s)", sender, msg.get("host"), msg.get("pid"))
-        elif not info.up:
-            info.up = True
-            log.warning("node %s is back after %.1f s", sender, now - info.last_seen)
-            self._returned(info)
-        info.host = str(msg.get("host", ""))
-        info.pid = int(msg.get("pid") or 0)
-        info.version = str(msg.get("version", ""))
-        capacity = msg.get("capacity")
-        info.capacity = float(capacity) if isinstance(capacity, int | float) else 1.0
-        info.last_seen, info.last_seen_wall = now, time.time()
-        info.status = status
-        snap = msg.get("metrics")
-        if isinstance(snap, dict):
-            metrics.REGISTRY.remote[sender] = snap
-        self._m_up.set(sum(1 for n in self.nodes.values() if n.up))
-        if new:
-            # A newcomer gets the run-time config at once (the master's values win).
-            self._send(sender, encode(Op.PING, config=self.config.runtime_values()))
-            if self.run is None and status.get("scenario") and not self._adopting:
-                asyncio.get_running_loop().create_task(self._adopt())
+    def _refuse(self, route: str, instance: str, reason: str) -> None:
+        self.wire.send_route(route, Op.REFUSE, instance=instance, reason=reason)
 
-    def _coordinate(self, sender: str, msg: dict[str, Any]) -> None:
+    def _coordinate(self, route: str, msg: dict[str, Any]) -> None:
+        sender = split_route(route)[0]
         name, sizes, timeout = msg.get("name"), msg.get("sizes"), msg.get("timeout")
         if not isinstance(name, str) or not isinstance(sizes, list):
             raise ProtocolError("coordinate: name and sizes are required")
@@ -300,42 +172,49 @@ class Master:
         """A batch formed: its first user's node runs the action; every member's node hears."""
         members = [[m.user, m.data, m.node] for m in batch]
         for k, node in enumerate(dict.fromkeys(m.node for m in batch)):
-            frame = encode(
-                Op.BATCH, name=name, event=event, index=index, members=members, run_action=k == 0
-            )
-            if not self._send(node, frame):
+            sent = self.wire.send(node, Op.BATCH, name=name, event=event, index=index,
+                                  members=members, run_action=k == 0)  # fmt: skip
+            if not sent:
                 log.warning("coordinator %s: node %s missed a batch", name, node)
 
-    async def throttle(self, action: str, *args: Any) -> dict[str, Any]:
-        """Run a throttle action (change_rate, change_rate_gradually, pause, resume) on
-        every slave that is up; each applies its share."""
-        names = self.slaves()
-        results = await _on_every_node(
-            self.request(n, Verb.THROTTLE, action=action, args=list(args)) for n in names
-        )
-        return dict(zip(names, results, strict=True))
+    # -- timers -------------------------------------------------------------------------
 
     async def _ping(self) -> None:
         while True:
-            up = [info.name for info in self.nodes.values() if info.up]
+            up = self.registry.up()
             for name in up:
-                self._send(name, encode(Op.PING, slaves=len(up)))
+                self.wire.send(name, Op.PING, slaves=len(up), time=time.time())
             await asyncio.sleep(self.interval)
 
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(min(0.25, self.interval))
-            now = time.monotonic()
-            for info in list(self.nodes.values()):
-                if info.up and now - info.last_seen > self.down_after:
-                    info.up = False
-                    info.downs += 1
-                    self._m_up.set(sum(1 for n in self.nodes.values() if n.up))
-                    log.warning(
-                        "node %s is down: no heartbeat for %.1f s", info.name, now - info.last_seen
-                    )
-                    metrics.annotate("node_down", tags={"node": info.name})
-                    await self._lost(info)
+            for info in self.registry.mark_down(self.down_after):
+                metrics.annotate("node_down", tags={"node": info.name})
+                await self._lost(info)
+
+    async def _lost(self, info: NodeInfo) -> None:
+        plan = self.plan
+        if plan is None:
+            return
+        gone = plan.lose(info.name)
+        if not gone:
+            return
+        self._m_lost.inc(len(gone))
+        log.warning("%d users of node %s are lost", len(gone), info.name)
+        if not plan.meta.rebalance:
+            return
+        targets = self._targets(plan)
+        if not targets:
+            log.warning("no node left to take the lost users of %s", info.name)
+            return
+        moved = plan.take_lost(info.name)
+        placed = plan.place(moved, self._capacities(targets))
+        try:
+            await self._push_all(placed, force=False)
+            log.warning("%d lost users restarted on %s", len(moved), ", ".join(placed))
+        except AmocError as exc:
+            log.warning("rebalancing failed (the nodes are told again): %s", exc)
 
     def _config_changed(self, name: str, value: Any) -> None:
         # Called in the thread that set the value (often the console's): hop to the loop.
@@ -343,285 +222,315 @@ class Master:
             self._loop.call_soon_threadsafe(self._broadcast, name, value)
 
     def _broadcast(self, name: str, value: Any) -> None:
-        for info in list(self.nodes.values()):
-            if info.up:
-                asyncio.get_running_loop().create_task(
-                    self._quiet(self.request(info.name, Verb.CONFIG, name=name, value=value))
-                )
+        for node in self.registry.up():
+            self._spawn(self.wire.request(node, Verb.CONFIG, name=name, value=value), "config")
 
-    async def _quiet(self, coro: Any) -> None:
-        try:
-            await coro
-        except AmocError as exc:
-            log.warning("%s", exc)
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        asyncio.get_running_loop().create_task(_logged(coro), name=name)
 
-    # -- failures -----------------------------------------------------------------------
-
-    async def _lost(self, info: NodeInfo) -> None:
-        run = self.run
-        if run is None:
-            return
-        gone = [uid for uid, node in run.assigned.items() if node == info.name]
-        for uid in gone:
-            del run.assigned[uid]
-            run.lost[uid] = info.name
-        run.started_on.discard(info.name)
-        if not gone:
-            return
-        self._m_lost.inc(len(gone))
-        log.warning("%d users of node %s are lost", len(gone), info.name)
-        if run.rebalance:
-            targets = self._targets(run)
-            if not targets:
-                log.warning("no node left to take the lost users")
-                return
-            for uid in gone:
-                run.lost.pop(uid, None)
-            try:
-                await self._place(run, gone, targets)
-                log.warning("%d lost users restarted on %s", len(gone), ", ".join(targets))
-            except AmocError as exc:
-                log.warning("rebalancing failed: %s", exc)
-
-    def _returned(self, info: NodeInfo) -> None:
-        run = self.run
-        if run is None:
-            return
-        mine = [uid for uid, node in run.lost.items() if node == info.name]
-        if mine:
-            # Its users were not restarted elsewhere: they are found again.
-            for uid in mine:
-                del run.lost[uid]
-                run.assigned[uid] = info.name
-            run.started_on.add(info.name)
-            log.warning("%d users of node %s are found again", len(mine), info.name)
-        elif info.status.get("scenario"):
-            # Its users were restarted elsewhere: stop the old copies.
-            asyncio.get_running_loop().create_task(self._quiet(self.request(info.name, Verb.STOP)))
+    # -- a restarted master -------------------------------------------------------------
 
     async def _adopt(self) -> None:
-        """After a master restart: take over the run the slaves carry on."""
-        self._adopting = True
+        """Take over the run the slaves carry on, with everything that travels with it."""
         try:
             await asyncio.sleep(self.interval * 1.5)  # let every slave say hello first
-            running = [n for n in self.nodes.values() if n.up and n.status.get("scenario")]
-            if self.run is not None or not running:
+            reports = {
+                n.name: (meta, n.report.ids, n.report.version)
+                for n in self.registry.nodes.values()
+                if n.up and (meta := n.report.meta) is not None
+            }
+            if self.plan is not None or self._starting or not reports:
                 return
-            name = running[0].status["scenario"]
-            loaded_source = self._source(name)
-            run = Run(name, loaded_source, _digest(loaded_source), {}, "", "round_robin",
-                      None, False)  # fmt: skip
-            for info in running:
-                answer = await self.request(info.name, Verb.USERS)
-                for uid in answer.get("ids", []):
-                    run.assigned[uid] = info.name
-                run.next_id = max(run.next_id, int(answer.get("next_id") or 1))
-                run.started_on.add(info.name)
-            run.assigned = dict(sorted(run.assigned.items()))
-            run.offset = len(run.assigned)
-            self.run = run
+            source = await self._adopted_source(reports)
+            plan = Plan.adopt(reports, source)
+            self.plan = plan
+            meta = plan.meta
+            tags = {"scenario": meta.scenario, "users": plan.placed(), "since": meta.since,
+                    "adopted": True}  # fmt: skip
+            metrics.annotate("scenario_start", comment=meta.comment, tags=tags)
             log.warning(
-                "adopted the running scenario %s: %d users on %d nodes",
-                name,
-                len(run.assigned),
-                len(running),
-            )
+                "adopted the running scenario %s (comment %r, strategy %s, rebalance %s): "
+                "%d users on %d nodes",
+                meta.scenario, meta.comment, meta.strategy, meta.rebalance, plan.placed(),
+                len(plan.desired),
+            )  # fmt: skip
+            for info in list(self.registry.nodes.values()):
+                self._reconcile(info)
         except AmocError as exc:
-            log.warning("could not adopt the slaves' run: %s", exc)
+            log.warning("could not adopt the slaves' run (tried again): %s", exc)
         finally:
             self._adopting = False
 
-    # -- verbs --------------------------------------------------------------------------
+    async def _adopted_source(self, reports: Mapping[str, tuple[RunMeta, list[int], int]]) -> str:
+        """The adopted run's source (this master's copy if it is the same) and the slaves'
+        run-time config."""
+        for name, (meta, _, _) in reports.items():
+            answer = await self.wire.request(name, Verb.SOURCE, run_id=meta.run_id)
+            if not isinstance(answer, dict) or _digest(str(answer.get("source"))) != meta.digest:
+                continue
+            self._take_config(answer.get("config"))
+            return str(answer["source"])
+        raise AmocError("no slave has the source of the run it carries")
 
-    def _source(self, name: str) -> str:
-        path = scenario_mod.find(name, self.scenario_dirs)
-        source = path.read_text()
-        loaded = scenario_mod.load_source(name, source, path)  # refused here, before any slave
-        # Its parameters are verified here too, before a change goes out to the slaves.
-        self.config.declare(loaded.params)
-        return source
+    def _take_config(self, values: Any) -> None:
+        if not isinstance(values, dict):
+            return
+        for name, value in values.items():
+            try:
+                self.config.set(str(name), value, strict=False)
+            except AmocError as exc:
+                log.warning("run-time config %s from the slaves refused: %s", name, exc)
+
+    # -- verbs --------------------------------------------------------------------------
 
     def slaves(self, names: list[str] | None = None) -> list[str]:
         """The up slaves, in join order; `names` restricts them (unknown names refused)."""
-        up = [n.name for n in self.nodes.values() if n.up]
+        up = self.registry.up()
         if names is None:
             return up
-        unknown = [n for n in names if n not in self.nodes]
+        unknown = [n for n in names if n not in self.registry.nodes]
         if unknown:
-            raise AmocError(f"unknown nodes {unknown}; known: {sorted(self.nodes)}")
+            raise AmocError(f"unknown nodes {unknown}; known: {sorted(self.registry.nodes)}")
         down = [n for n in names if n not in up]
         if down:
             raise AmocError(f"nodes {down} are down")
         return list(dict.fromkeys(names))
 
-    def _targets(self, run: Run) -> list[str]:
-        return self.slaves() if run.chosen is None else [
-            n for n in run.chosen if n in self.nodes and self.nodes[n].up
-        ]  # fmt: skip
+    def _targets(self, plan: Plan) -> list[str]:
+        up = self.registry.up()
+        return up if plan.meta.chosen is None else [n for n in plan.meta.chosen if n in up]
+
+    def _capacities(self, names: Iterable[str]) -> dict[str, float]:
+        return {n: self.registry.nodes[n].capacity for n in names}
 
     async def do(
         self,
         scenario: str,
         first: int,
         last: int,
-        nodes: list[str] | None = None,
+        settings: Mapping[str, Any] | None = None,
         comment: str = "",
-        settings: dict[str, Any] | None = None,
+        *,
+        nodes: list[str] | None = None,
         strategy: str = "round_robin",
         rebalance: bool = False,
-    ) -> dict[str, Any]:
-        """Start users first..last of `scenario`, spread over the slaves."""
-        if self.run is not None:
-            raise RunnerError(
-                f"scenario {self.run.scenario!r} runs on the cluster; amoc_dist.stop() it first"
-            )
-        if (
-            isinstance(first, bool)
-            or isinstance(last, bool)
-            or not (isinstance(first, int) and isinstance(last, int))
-        ):
-            raise RunnerError("first and last must be integers")
-        if first < 1 or last < first:
-            raise RunnerError(f"ids {first}..{last}: need 1 <= first <= last")
+    ) -> ClusterStatus:
+        """Start users first..last of `scenario`, spread over the slaves (or `nodes`)."""
+        self._admit()
+        _check_range(first, last)
         dispatch.get(strategy)
         targets = self.slaves(nodes)
         if not targets:
             raise AmocError("no slave node is up: see nodes()")
-        source = self._source(scenario)
-        run = Run(scenario, source, _digest(source), dict(settings or {}), comment, strategy,
-                  None if nodes is None else targets, rebalance, next_id=last + 1)  # fmt: skip
-        self.run = run
+        self._starting = scenario
         try:
-            await self._place(run, list(range(first, last + 1)), targets, everyone=True)
+            source = await self._source(scenario, settings or {})
+            meta = RunMeta.new(scenario, _digest(source), settings or {}, comment, strategy,
+                               None if nodes is None else targets, rebalance, last + 1)  # fmt: skip
+            plan = Plan(meta, source)
+            placed = plan.place(list(range(first, last + 1)), self._capacities(targets))
+            self.plan = plan
+        finally:
+            self._starting = ""
+        try:
+            await self._push_all(placed, force=False)
         except AmocError:
-            failed, self.run = run, None
-            await self._stop_run(failed)
+            if self.plan is plan:
+                await self._end(plan)
             raise
         metrics.annotate("scenario_start", comment=comment,
                          tags={"scenario": scenario, "users": last - first + 1})  # fmt: skip
+        log.info(
+            "run %s of %s started: ids %d..%d on %s, comment %r",
+            meta.run_id[:8], scenario, first, last, ", ".join(placed), comment,
+        )  # fmt: skip
         return self.status()
 
-    async def _place(
-        self, run: Run, ids: list[int], targets: list[str], everyone: bool = False
-    ) -> None:
-        strategy = dispatch.get(run.strategy)
-        capacities = {n: self.nodes[n].capacity for n in targets}
-        placed = strategy(ids, capacities, run.offset)
-        run.offset += len(ids)
-        for name, node_ids in placed.items():
-            for uid in node_ids:
-                run.assigned[uid] = name
+    def _admit(self) -> None:
+        if self._starting:
+            raise RunnerError(f"scenario {self._starting!r} is starting on the cluster; wait")
+        if self.plan is not None:
+            raise RunnerError(
+                f"scenario {self.plan.meta.scenario!r} runs on the cluster; "
+                "amoc_dist.stop() it first"
+            )
 
-        async def one(name: str, node_ids: list[int]) -> None:
-            if name in run.started_on:
-                if node_ids:
-                    await self.request(name, Verb.ADD, ids=node_ids)
-                return
-            if not node_ids and not everyone:
-                return
-            await self.request(
-                name, Verb.DO, scenario=run.scenario, source=run.source, hash=run.digest,
-                ids=node_ids, settings=run.settings, comment=run.comment,
-                config=self.config.runtime_values(),
-            )  # fmt: skip
-            run.started_on.add(name)
+    async def _source(self, name: str, settings: Mapping[str, Any]) -> str:
+        """The scenario's source, checked in a child process (its code never runs in the
+        master), its parameters declared, the settings' names verified."""
+        path = scenario_mod.find(name, self.scenario_dirs)
+        source = path.read_text()
+        facts = await scenario_check.check(name, source, _digest(source))
+        if not facts.loadable:
+            raise ScenarioError(facts.problem or f"scenario {name!r} cannot load")
+        self.config.declare(facts.params())
+        known = self.config.known()
+        unknown = [k for k in settings if k.lower() not in known]
+        if unknown:
+            raise RunnerError(
+                f"unknown settings {unknown} for scenario {name!r}; known: {', '.join(known)}"
+            )
+        return source
 
-        await _on_every_node(one(n, placed.get(n, [])) for n in targets)
-
-    async def add(self, count: int) -> dict[str, Any]:
+    async def add(self, count: int) -> ClusterStatus:
         """Start `count` more users with the next ids over the run's nodes."""
-        run = self._running()
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise RunnerError(f"add: count must be an integer >= 1, got {count!r}")
-        targets = self._targets(run)
+        plan = self._running()
+        _check_count(count, "add")
+        targets = self._targets(plan)
         if not targets:
             raise AmocError("no node of this run is up: see nodes()")
-        ids = list(range(run.next_id, run.next_id + count))
-        run.next_id += count
-        await self._place(run, ids, targets)
+        ids = list(range(plan.meta.next_id, plan.meta.next_id + count))
+        plan.meta.next_id += count
+        await self._push_all(plan.place(ids, self._capacities(targets)), force=False)
+        log.info("added ids %d..%d", ids[0], ids[-1])
         return self.status()
 
-    async def remove(self, count: int, force: bool = False) -> dict[str, Any]:
+    async def remove(self, count: int, force: bool = False) -> Removal:
         """Remove the `count` newest users wherever they run; `force` kills them now."""
-        run = self._running()
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise RunnerError(f"remove: count must be an integer >= 1, got {count!r}")
-        alive = [uid for uid, node in run.assigned.items() if self.nodes[node].up]
-        if count > len(alive):
-            raise RunnerError(f"cannot remove {count} users: only {len(alive)} are placed")
-        newest = sorted(alive, key=lambda u: u)[-count:]
-        by_node: dict[str, list[int]] = {}
-        for uid in newest:
-            by_node.setdefault(run.assigned.pop(uid), []).append(uid)
-        await _on_every_node(
-            self.request(n, Verb.REMOVE, ids=ids, force=force) for n, ids in by_node.items()
-        )
-        return {"removed": {n: ids for n, ids in by_node.items()}, "force": force, **self.status()}
+        plan = self._running()
+        _check_count(count, "remove")
+        up = self.registry.up()
+        alive = sum(len(plan.desired.get(n, ())) for n in up)
+        if count > alive:
+            raise RunnerError(f"cannot remove {count} users: only {alive} are placed")
+        taken = plan.take_newest(count, up)
+        results = await self._push_all(taken, force=force)
+        removed = {n: sorted(r.get("removed", [])) for n, r in results.items()}
+        log.info("removed %d users (%s)", sum(map(len, removed.values())), "force" * force)
+        return Removal(removed, force, self.status())
 
-    async def stop(self) -> dict[str, Any]:
+    async def stop(self) -> ClusterStatus:
         """Stop the scenario on every node."""
-        run = self._running()
+        plan = self._running()
+        final = self.status()
+        await self._end(plan)
+        log.info("run %s of %s stopped", plan.meta.run_id[:8], plan.meta.scenario)
+        return final
+
+    async def _end(self, plan: Plan) -> None:
         for hub in self.hubs.values():
             hub.flush(coordinator.STOP)  # "all" actions run while the nodes still have the plan
         self.hubs.clear()
-        self.run = None
-        final = self.status()
-        await self._stop_run(run)
-        metrics.annotate("scenario_stop", comment=run.comment, tags={"scenario": run.scenario})
-        return final
+        self.plan = None
+        self._stopped.append(plan.meta.run_id)
+        names = [
+            n.name
+            for n in self.registry.nodes.values()
+            if n.up and (n.name in plan.nodes() or n.report.meta is not None)
+        ]
+        await asyncio.gather(*(self._stop_node(n) for n in names))
+        metrics.annotate("scenario_stop", comment=plan.meta.comment,
+                         tags={"scenario": plan.meta.scenario})  # fmt: skip
 
-    async def _stop_run(self, run: Run) -> None:
-        names = [n for n in run.started_on | set(run.assigned.values()) if self.nodes[n].up]
-        results = await asyncio.gather(
-            *(self.request(n, Verb.STOP) for n in names), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                log.warning("stop: %s", result)
+    async def _stop_node(self, name: str) -> None:
+        self._syncing.add(name)
+        try:
+            await self.wire.request(name, Verb.STOP)
+        except AmocError as exc:
+            log.warning("stop: %s", exc)
+        finally:
+            self._syncing.discard(name)
 
-    def _running(self) -> Run:
-        if self.run is None:
+    def _running(self) -> Plan:
+        if self._starting:
+            raise RunnerError(f"scenario {self._starting!r} is starting on the cluster; wait")
+        if self.plan is None:
             raise RunnerError("no scenario runs on the cluster: amoc_dist.do(...) first")
-        return self.run
+        return self.plan
+
+    async def throttle(self, action: str, *args: Any) -> dict[str, Any]:
+        """Run a throttle action (change_rate, change_rate_gradually, pause, resume) on
+        every slave that is up; each applies its share."""
+        names = self.registry.up()
+        results = await _on_every_node(
+            self.wire.request(n, Verb.THROTTLE, action=action, args=list(args)) for n in names
+        )
+        return dict(zip(names, results, strict=True))
+
+    # -- placing ------------------------------------------------------------------------
+
+    async def _push_all(self, nodes: Mapping[str, Any], force: bool) -> dict[str, dict[str, Any]]:
+        """Send each of `nodes` its whole set; their answers (errors joined)."""
+        names = list(nodes)
+        results = await _on_every_node(self._push(n, force) for n in names)
+        return dict(zip(names, results, strict=True))
+
+    async def _push(self, node: str, force: bool) -> dict[str, Any]:
+        """Send `node` its whole set of the plan with its version; the slave's answer."""
+        plan = self.plan
+        if plan is None:
+            return {}
+        self._syncing.add(node)
+        try:
+            answer = await self.wire.request(
+                node, Verb.PLACE, run=plan.meta.to_dict(), version=plan.versions.get(node, 0),
+                ids=id_runs.to_runs(plan.ids(node)), source=plan.source, force=force,
+                config=self.config.runtime_values(),
+            )  # fmt: skip
+        finally:
+            self._syncing.discard(node)
+        return answer if isinstance(answer, dict) else {}
 
     # -- reading ------------------------------------------------------------------------
 
     def placement(self) -> dict[str, list[int]]:
         """Node -> the ids placed on it (ascending)."""
-        out: dict[str, list[int]] = {}
-        if self.run is not None:
-            for uid, node in self.run.assigned.items():
-                out.setdefault(node, []).append(uid)
-        return {n: sorted(ids) for n, ids in out.items()}
+        if self.plan is None:
+            return {}
+        return {n: ids for n in self.plan.desired if (ids := self.plan.ids(n))}
 
-    def node_views(self) -> list[dict[str, Any]]:
+    def node_views(self) -> list[NodeView]:
         """Every known slave."""
         now = time.monotonic()
-        return [info.view(now) for info in self.nodes.values()]
+        desired = self.plan.desired if self.plan else {}
+        return [
+            info.view(now, len(desired.get(info.name, ()))) for info in self.registry.nodes.values()
+        ]
 
-    def status(self) -> dict[str, Any]:
+    def sample(self) -> dict[str, Any]:
+        """The figures the live view and the report need: per up node, and the targets."""
+        up = {n.name: n.snapshot for n in self.registry.nodes.values() if n.up}
+        return {
+            "nodes": up,
+            "targets": {k: len(v) for k, v in self.placement().items()},
+            "scenario": self.plan.meta.scenario if self.plan else None,
+        }
+
+    def status(self) -> ClusterStatus:
         """The cluster: the run, each node, the totals."""
         views = self.node_views()
-        run = self.run
-        return {
-            "state": "running" if run else "idle",
-            "scenario": run.scenario if run else None,
-            "comment": run.comment if run else "",
-            "since": run.since if run else None,
-            "users": {
-                "placed": len(run.assigned) if run else 0,
-                "lost": len(run.lost) if run else 0,
-                "running": sum(v["running"] for v in views if v["up"]),
-                "pending": sum(v["pending"] for v in views if v["up"]),
-                "errors": sum(v["errors"] for v in views),
-            },
-            "next_id": run.next_id if run else None,
-            "nodes": {
-                "up": sum(1 for v in views if v["up"]),
-                "down": sum(1 for v in views if not v["up"]),
-            },
-            "node": views,
-        }
+        up = [v for v in views if v.up]
+        plan = self.plan
+        finished = sum(self.registry.nodes[v.name].status.users.finished for v in up)
+        return ClusterStatus(
+            state=self._state(up),
+            scenario=plan.meta.scenario if plan else self._starting or None,
+            comment=plan.meta.comment if plan else "",
+            since=plan.meta.since if plan else None,
+            users=ClusterUsers(
+                placed=plan.placed() if plan else 0,
+                lost=len(plan.lost) if plan else 0,
+                running=sum(v.running for v in up),
+                pending=sum(v.pending for v in up),
+                finished=finished,
+                errors=sum(v.errors for v in views),
+            ),
+            next_id=plan.meta.next_id if plan else None,
+            nodes=NodeCounts(up=len(up), down=len(views) - len(up)),
+            node=tuple(views),
+            strategy=plan.meta.strategy if plan else None,
+            rebalance=plan.meta.rebalance if plan else False,
+        )
+
+    def _state(self, up: list[NodeView]) -> str:
+        if self._starting:
+            return "starting"
+        if self.plan is None:
+            return "idle"
+        holders = [v for v in up if v.placed]
+        if holders and all(v.state == "finished" for v in holders):
+            return "finished"
+        return "running"
 
 
 async def _on_every_node(requests: Iterable[Awaitable[Any]]) -> list[Any]:
@@ -632,6 +541,25 @@ async def _on_every_node(requests: Iterable[Awaitable[Any]]) -> list[Any]:
     if errors:
         raise AmocError("; ".join(errors))
     return results
+
+
+async def _logged(coro: Awaitable[Any]) -> None:
+    try:
+        await coro
+    except AmocError as exc:
+        log.warning("%s", exc)
+
+
+def _check_range(first: Any, last: Any) -> None:
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (first, last)):
+        raise RunnerError("first and last must be integers")
+    if first < 1 or last < first:
+        raise RunnerError(f"ids {first}..{last}: need 1 <= first <= last")
+
+
+def _check_count(count: Any, verb: str) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise RunnerError(f"{verb}: count must be an integer >= 1, got {count!r}")
 
 
 def _digest(source: str) -> str:

@@ -26,8 +26,10 @@ class ProtocolError(AmocError):
 class Op(enum.StrEnum):
     """Message kinds."""
 
-    HEARTBEAT = "heartbeat"  # slave -> master: who I am, what runs, my metrics
+    HEARTBEAT = "heartbeat"  # slave -> master: who I am, what runs, my ids, my metrics
+    METRICS = "metrics"  # slave -> master: a part of a snapshot too large for a heartbeat
     PING = "ping"  # master -> slave: I am alive (and your config, when you are new)
+    REFUSE = "refuse"  # master -> slave: another node holds your name; stay out
     REQUEST = "request"  # master -> slave: a verb to run on the slave's controller
     REPLY = "reply"  # slave -> master: the verb's result or error
     COORDINATE = "coordinate"  # slave -> master: a user joins a coordinator
@@ -37,11 +39,9 @@ class Op(enum.StrEnum):
 class Verb(enum.StrEnum):
     """What a master asks a slave to do."""
 
-    DO = "do"
-    ADD = "add"
-    REMOVE = "remove"
+    PLACE = "place"  # run exactly these ids of this run (the whole set, with its version)
     STOP = "stop"
-    USERS = "users"
+    SOURCE = "source"  # the source of the run you carry, and your run-time config
     CONFIG = "config"
     THROTTLE = "throttle"
 

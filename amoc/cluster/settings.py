@@ -14,9 +14,14 @@ def _role(value: Any) -> str:
 
 
 def _endpoint(value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith("tcp://") or ":" not in value[6:]:
+    """tcp://host:port between machines; ipc:// or inproc:// (one process) also work."""
+    ok = isinstance(value, str) and (
+        (value.startswith("tcp://") and ":" in value[6:])
+        or (value.startswith(("ipc://", "inproc://")) and len(value.split("://", 1)[1]) > 0)
+    )
+    if not ok:
         raise ValueError(f"must be a ZeroMQ endpoint like 'tcp://127.0.0.1:4200', got {value!r}")
-    return value
+    return str(value)
 
 
 def _capacity(value: Any) -> float:

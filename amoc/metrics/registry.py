@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from amoc.metrics.histogram import Histogram, describe, merge_snapshots
@@ -65,8 +65,8 @@ class Registry:
         self.histograms: dict[str, Histogram] = {}
         self.annotations: deque[dict[str, Any]] = deque(maxlen=ANNOTATIONS_KEPT)
         self._listeners: list[Any] = []
-        # A master keeps here the latest snapshot of each slave (by node name).
-        self.remote: dict[str, Mapping[str, Any]] = {}
+        # Where other snapshots come from that this registry's view includes (merge_with).
+        self._others: Callable[[], Iterable[Mapping[str, Any]]] | None = None
 
     def counter(self, name: str) -> Counter:
         """The counter called `name`, created at 0 when new."""
@@ -116,12 +116,15 @@ class Registry:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
+    def merge_with(self, others: Callable[[], Iterable[Mapping[str, Any]]] | None) -> None:
+        """Make `snapshot()` include the snapshots `others()` returns (None: only ours)."""
+        self._others = others
+
     def snapshot(self) -> dict[str, Any]:
-        """This node's values merged with its remote nodes' (a master's cluster view)."""
+        """This registry's values, merged with those of `merge_with`'s source if any."""
         local = self.local_snapshot()
-        if not self.remote:
-            return local
-        return merge([local, *self.remote.values()])
+        others = list(self._others()) if self._others is not None else []
+        return merge([local, *others]) if others else local
 
     def local_snapshot(self) -> dict[str, Any]:
         """A plain copy of this node's own values, fit for msgpack, JSON and `merge`."""
@@ -143,7 +146,6 @@ class Registry:
             for h in self.histograms.values():
                 h.reset()
             self.annotations.clear()
-            self.remote.clear()
 
 
 def merge(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -195,10 +195,10 @@ async def run_scenario(
     try:
         await ctl.do(name, first, last, settings=settings)
         end = began + deadline_s
-        while ctl.status()["state"] != State.FINISHED.value:
+        while ctl.status().state != State.FINISHED.value:
             assert loop.time() < end, f"{name} still running after {deadline_s} s"
             await asyncio.sleep(0.05)
-        return {**ctl.status(), "took_s": loop.time() - began}
+        return {**ctl.status().to_dict(), "took_s": loop.time() - began}
     finally:
         await ctl.close()
         for key in settings:

@@ -11,6 +11,8 @@ import pytest
 
 from amoc.cluster import dispatch, keys
 from amoc.cluster import settings as cluster_settings
+from amoc.cluster.ids import from_runs, to_runs
+from amoc.cluster.placement import Plan, RunMeta
 from amoc.cluster.protocol import MAX_FRAME, Op, ProtocolError, decode, encode
 from amoc.cluster.slave import SlaveLink
 from amoc.config import Config
@@ -94,15 +96,52 @@ async def test_a_slave_takes_the_masters_source_unless_it_has_the_same(tmp_path:
     config.declare(cluster_settings.PARAMETERS)
     ctl = Controller([bundled], config)
     link = SlaveLink("n", ctl, ctl.config, tmp_path / "keys", uploaded)
-    same = {"op": Op.REQUEST, "scenario": "s", "source": mine}
-    link._scenario({**same, "hash": hashlib.sha256(mine.encode()).hexdigest()})
+    link._scenario("s", mine, sha(mine))
     assert not (uploaded / "s.py").exists()  # the node's own copy hashes the same
     theirs = "import asyncio\n\nasync def start(user_id):\n    await asyncio.sleep(0)\n"
-    loaded = link._scenario({**same, "source": theirs})
+    loaded = link._scenario("s", theirs, sha(theirs))
     assert (uploaded / "s.py").read_text() == theirs and loaded.name == "s"
     with pytest.raises(ProtocolError, match="does not match its hash"):
-        link._scenario({**same, "source": theirs, "hash": "0" * 64})
+        link._scenario("s", theirs, "0" * 64)
     with pytest.raises(AmocError, match="does not compile"):
-        link._scenario({**same, "source": "def start(:\n"})
+        link._scenario("s", "def start(:\n", sha("def start(:\n"))
     await asyncio.sleep(0)
     await ctl.close()
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_id_sets_travel_as_runs_and_bad_runs_are_refused() -> None:
+    assert from_runs(to_runs([1, 4, 7, 10, 2, 5])) == [1, 2, 4, 5, 7, 10]
+    every_third = list(range(2, 60_000, 3))
+    assert to_runs(every_third) == [[2, 3, len(every_third)]]
+    assert from_runs(to_runs(every_third)) == every_third
+    assert to_runs([]) == [] and from_runs([]) == []
+    for ids in ([5], [1, 2, 3, 9, 10, 11, 20], [3, 1, 2, 100, 7]):
+        assert from_runs(to_runs(ids)) == sorted(ids)
+    for bad in ([[1, 2]], [[0, 1, 1]], [[1, 0, 5]], [[1, True, 2]], "1-5", [[1, 1, 20_000_000]]):
+        with pytest.raises(ProtocolError):
+            from_runs(bad)
+
+
+def test_a_plan_places_removes_loses_and_adopts() -> None:
+    meta = RunMeta.new("s", "d" * 64, {}, "c", "round_robin", None, True, 7)
+    plan = Plan(meta, "source")
+    assert plan.place([1, 2, 3, 4, 5, 6], NODES) == {"a": [1, 4], "b": [2, 5], "c": [3, 6]}
+    v_a = plan.versions["a"]
+    assert plan.take_newest(2, ["a", "b"]) == {"a": [4], "b": [5]}
+    assert plan.versions["a"] > v_a and plan.placed() == 4
+    assert plan.lose("c") == [3, 6] and plan.placed() == 2 and plan.lost == {3: "c", 6: "c"}
+    assert plan.restore("c") == [3, 6] and plan.ids("c") == [3, 6]
+    assert plan.behind("a", meta.run_id, plan.versions["a"] - 1)
+    assert not plan.behind("a", meta.run_id, plan.versions["a"])
+    assert plan.behind("a", None, 0) and not plan.behind("zz", None, 0)
+    assert plan.behind("zz", "another-run", 3)
+    reports = {n: (RunMeta.from_dict(meta.to_dict()), plan.ids(n), plan.versions[n]) for n in "abc"}
+    adopted = Plan.adopt(reports, "source")
+    assert adopted.desired == plan.desired and adopted.meta.comment == "c"
+    assert adopted.meta.rebalance and adopted.meta.next_id == 7
+    with pytest.raises(ProtocolError, match="rebalance"):
+        RunMeta.from_dict({**meta.to_dict(), "rebalance": "yes"})

@@ -505,7 +505,7 @@ async def test_nonsense_parameters_are_refused_before_any_user_starts(
     try:
         with pytest.raises(AmocError, match=message):
             await ctl.do(scenario, 1, 10, settings=settings)
-        assert ctl.status()["state"] == "idle" and ctl.status()["users"]["started"] == 0
+        assert ctl.status().state == "idle" and ctl.status().users.started == 0
     finally:
         await ctl.close()
         for name in settings:

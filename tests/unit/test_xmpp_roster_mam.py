@@ -531,7 +531,7 @@ def test_a_bad_scenario_parameter_is_refused_before_any_user_starts(
         try:
             with pytest.raises((ConfigError, ScenarioError), match=error):
                 await ctl.do(name, 1, 2, settings=settings)
-            assert ctl.status()["users"]["started"] == 0
+            assert ctl.status().users.started == 0
         finally:
             await ctl.close()
             for key in settings:
