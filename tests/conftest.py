@@ -1,4 +1,8 @@
-"""Fixtures shared by every test layer: the release, built once per session."""
+"""What every test layer shares: the release, built once per session.
+
+Each layer's own fixtures live in its directory's conftest.py (tests/integration: the XMPP
+servers; tests/e2e: the cluster), so the fast tier loads neither servers nor pexpect.
+"""
 
 import os
 import subprocess
@@ -6,14 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import cluster  # noqa: F401 - fixtures for every layer
-from tests.integration.xmpp_fixture import (  # noqa: F401
-    ejabberd_tls_server,
-    prosody_server,
-    xmpp_server,
-)
-
 ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e")  # a directory of tests/ and the marker of its tests
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With `-m TIER` (one tier, as `make test-unit` runs), the other tiers' directories are
+    not even imported: their tests carry their own directory's marker, so none would run."""
+    tier = config.getoption("markexpr")
+    parent, name = collection_path.parent, collection_path.name
+    if tier in TIERS and parent == TESTS and name in TIERS and name != tier:
+        return True
+    return None
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pexpect
+
+from tests.wait import wait_until
 
 PROMPT = re.compile(r"^(>>>|\.\.\.) ", re.M)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]|\r")
@@ -51,14 +52,13 @@ class Terminal:
         self, expression: str, predicate: Callable[[object], bool], timeout: float = 20
     ) -> object:
         """Evaluate `expression` until `predicate` holds on its value."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.value(expression)
-            if predicate(value):
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{expression} = {value!r} never met the condition")
-            time.sleep(0.1)
+        return wait_until(
+            lambda: self.value(expression),
+            f"{expression} to meet the condition",
+            timeout,
+            holds=predicate,
+            every=0.1,
+        )
 
     def leave(self, timeout: float = 30) -> str:
         """Ctrl+D; wait for the program to end; return what it printed last."""

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import Cluster, wait
+from tests.e2e.cluster import Cluster
 from tests.net import free_port
+from tests.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +54,7 @@ def test_the_masters_api_drives_the_cluster(cluster: Cluster, tmp_path: Path) ->
     term = cluster.start_master(AMOC_API_PORT=str(port), AMOC_API_TOKEN=TOKEN)
     for i in (1, 2):
         cluster.start_slave(i, release=other)
-        wait(lambda i=i: cluster.node(i) in cluster.up(), 15, f"slave {i} to join")
+        wait_until(lambda i=i: cluster.node(i) in cluster.up(), f"slave {i} to join", 15, every=0.1)
 
     status, nodes = call(port, "GET", "/api/cluster")
     assert status == 200, nodes
@@ -90,10 +91,11 @@ def test_the_masters_api_drives_the_cluster(cluster: Cluster, tmp_path: Path) ->
 
     status, body = call(port, "GET", "/api/metrics")
     assert status == 200
-    wait(
+    wait_until(
         lambda: call(port, "GET", "/api/metrics")[1]["metrics"].get("uploaded.starts") == 8,
-        10,
         "metrics",
+        10,
+        every=0.1,
     )
 
     status, body = call(port, "POST", "/api/stop")

@@ -12,8 +12,9 @@ import pytest
 import zmq
 import zmq.auth
 
-from tests.e2e.cluster import Cluster, wait
+from tests.e2e.cluster import Cluster
 from tests.e2e.terminal import Terminal, amoc
+from tests.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +23,7 @@ def test_round_robin_add_remove_and_config(cluster: Cluster) -> None:
     term = cluster.start_master()
     for i in (1, 2, 3):  # one at a time: join order is placement order
         cluster.start_slave(i)
-        wait(lambda i=i: cluster.node(i) in cluster.up(), 15, f"slave {i} to join")
+        wait_until(lambda i=i: cluster.node(i) in cluster.up(), f"slave {i} to join", 15, every=0.1)
     assert cluster.up() == [cluster.node(1), cluster.node(2), cluster.node(3)]
 
     out = term.run('amoc_dist.do("dummy", 1, 9, comment="baseline")')
@@ -55,8 +56,11 @@ def test_round_robin_add_remove_and_config(cluster: Cluster) -> None:
     for i in (1, 2, 3):
         term2 = Terminal(cluster.release, ["--name", cluster.name(i), "attach"], {})
         try:
-            wait(
-                lambda t=term2: t.value('amoc_config.get("repeat_interval")') == 1234, 10, "config"
+            wait_until(
+                lambda t=term2: t.value('amoc_config.get("repeat_interval")') == 1234,
+                "config",
+                10,
+                every=0.1,
             )
         finally:
             term2.leave()
@@ -76,7 +80,7 @@ def test_weighted_strategy_and_restricted_nodes(cluster: Cluster) -> None:
     term = cluster.start_master()
     for i in (1, 2):
         cluster.start_slave(i)
-        wait(lambda i=i: cluster.node(i) in cluster.up(), 15, f"slave {i} to join")
+        wait_until(lambda i=i: cluster.node(i) in cluster.up(), f"slave {i} to join", 15, every=0.1)
     out = term.run(f'amoc_dist.do("dummy", 1, 4, nodes=["{cluster.node(2)}"])')
     assert out.startswith("running dummy: 4 placed"), out
     term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 4)
@@ -93,13 +97,18 @@ def test_a_killed_slave_is_marked_down_and_its_users_rebalanced(cluster: Cluster
     term = cluster.start_master()
     for i in (1, 2, 3):
         cluster.start_slave(i)
-        wait(lambda i=i: cluster.node(i) in cluster.up(), 15, f"slave {i} to join")
+        wait_until(lambda i=i: cluster.node(i) in cluster.up(), f"slave {i} to join", 15, every=0.1)
     term.run('amoc_dist.do("dummy", 1, 30, rebalance=True)')
     term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 30)
     victim = cluster.slave_pid(3)
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
-    wait(lambda: cluster.node(3) not in cluster.up(), 10, "the killed slave to be marked down")
+    wait_until(
+        lambda: cluster.node(3) not in cluster.up(),
+        "the killed slave to be marked down",
+        10,
+        every=0.1,
+    )
     assert time.monotonic() - killed_at < 5
     cluster.slaves.remove(cluster.name(3))
     term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 30, timeout=15)
@@ -112,7 +121,7 @@ def test_a_killed_slave_is_marked_down_and_its_users_rebalanced(cluster: Cluster
 
     # A slave that joins mid-run is used by add.
     cluster.start_slave(4)
-    wait(lambda: cluster.node(4) in cluster.up(), 15, "slave 4 to join")
+    wait_until(lambda: cluster.node(4) in cluster.up(), "slave 4 to join", 15, every=0.1)
     term.run("amoc_dist.add(3)")
     term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 33)
     assert len(cluster.slave_users(4)) == 1
@@ -122,13 +131,13 @@ def test_master_restart_keeps_the_users(cluster: Cluster) -> None:
     term = cluster.start_master()
     for i in (1, 2):
         cluster.start_slave(i)
-        wait(lambda i=i: cluster.node(i) in cluster.up(), 15, f"slave {i} to join")
+        wait_until(lambda i=i: cluster.node(i) in cluster.up(), f"slave {i} to join", 15, every=0.1)
     term.run('amoc_dist.do("dummy", 1, 10)')
     term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 10)
     term.leave()  # the master stops; slaves keep their users
     assert cluster.slave_users(1) == [1, 3, 5, 7, 9]
     term = cluster.start_master()
-    wait(lambda: len(cluster.up()) == 2, 15, "slaves to find the new master")
+    wait_until(lambda: len(cluster.up()) == 2, "slaves to find the new master", 15, every=0.1)
     term.wait('amoc_dist.status()["users"]["placed"]', lambda n: n == 10)
     assert term.value('amoc_dist.status()["scenario"]') == "dummy"
     term.run("amoc_dist.add(2)")  # continues with ids 11, 12
@@ -139,18 +148,24 @@ def test_master_restart_keeps_the_users(cluster: Cluster) -> None:
 def test_wrong_keys_and_bad_messages_are_refused(cluster: Cluster, tmp_path: Path) -> None:
     term = cluster.start_master()
     cluster.start_slave(1)
-    wait(lambda: cluster.node(1) in cluster.up(), 15, "slave 1 to join")
+    wait_until(lambda: cluster.node(1) in cluster.up(), "slave 1 to join", 15, every=0.1)
     # An intruder knows the master's public key but not the cluster's node key.
     other = tmp_path / "other"
     assert amoc(cluster.release, "keys", str(other)).returncode == 0
     shutil.copy(cluster.keys / "master.key", other / "master.key")
     cluster.start_slave(9, keys=other)
-    wait(
+    wait_until(
         lambda: "refused a node with an unknown CURVE key" in cluster.log(f"{cluster.tag}m"),
-        10,
         "the refusal in the master's log",
+        10,
+        every=0.1,
     )
-    wait(lambda: "refused this node's key" in cluster.log(cluster.name(9)), 10, "the slave's log")
+    wait_until(
+        lambda: "refused this node's key" in cluster.log(cluster.name(9)),
+        "the slave's log",
+        10,
+        every=0.1,
+    )
     names = term.value('[n["name"] for n in nodes()]')
     assert isinstance(names, list) and cluster.node(9) not in names
 
@@ -166,9 +181,34 @@ def test_wrong_keys_and_bad_messages_are_refused(cluster: Cluster, tmp_path: Pat
         sock.send(b"\xc1 not msgpack")
         sock.send(b"\x93\x01\x02\x03")  # a list, not a map
         sock.send(b"x" * (9 << 20))
-        wait(lambda: "dropped a control message" in cluster.log(f"{cluster.tag}m"), 10, "the drop")
+        wait_until(
+            lambda: "dropped a control message" in cluster.log(f"{cluster.tag}m"),
+            "the drop",
+            10,
+            every=0.1,
+        )
     finally:
         sock.close(0)
         ctx.term()
     term.run('amoc_dist.do("dummy", 1, 2)')
     term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 2)
+
+
+def test_a_headless_run_on_a_master_drives_the_slaves_and_judges_the_cluster(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    for i in (1, 2):
+        cluster.start_slave(i)
+    env = {**cluster.env("master"), "AMOC_DUMMY_WAIT": "100", "AMOC_REPEAT_INTERVAL": "100"}
+    args = ["--name", f"{cluster.tag}h", "run", "dummy", "--users", "6", "--duration", "3"]
+    passed = amoc(cluster.release, *args, "--slaves", "2", "--threshold", "users.started >= 6",
+                  "--report", str(tmp_path / "reports"), env=env)  # fmt: skip
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "on 2 slaves: 6 users placed, 6 started" in passed.stdout, passed.stdout
+    assert list((tmp_path / "reports").glob("*-dummy/index.html")), passed.stdout
+    # The slaves ran it and stopped it: idle again, and a failed threshold exits 1.
+    failed = amoc(cluster.release, *args, "--slaves", "2", "--threshold",
+                  "users.started >= 100", env=env)  # fmt: skip
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "users.started" in failed.stderr and "100" in failed.stderr, failed.stderr
+    assert cluster.slave_users(1) == [] and cluster.slave_users(2) == []

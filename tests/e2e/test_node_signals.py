@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.terminal import Terminal, amoc
+from tests.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -23,14 +24,6 @@ _names = itertools.count()
 @pytest.fixture
 def node_name() -> str:
     return f"s{os.getpid()}_{next(_names)}"
-
-
-def until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.1)
 
 
 def status_json(release: Path, name: str) -> dict | None:  # type: ignore[type-arg]
@@ -75,7 +68,7 @@ def test_a_signalled_headless_run_writes_its_report(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     started.append(proc)
-    until(lambda: running(release, node_name, 6), 30, "6 users running")
+    wait_until(lambda: running(release, node_name, 6), "6 users running", 30, every=0.1)
     time.sleep(0.5)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=30)
@@ -107,7 +100,12 @@ def test_a_daemon_stopped_by_sigterm_writes_the_report_of_its_run(
         term.wait('status()["users"]["running"]', lambda n: n == 3)
         term.leave()
         os.kill(pid, signal.SIGTERM)
-        until(lambda: amoc(release, "--name", node_name, "status").returncode == 3, 30, "stop")
+        wait_until(
+            lambda: amoc(release, "--name", node_name, "status").returncode == 3,
+            "the node stopped",
+            30,
+            every=0.1,
+        )
     finally:
         if amoc(release, "--name", node_name, "status").returncode != 3:
             os.kill(pid, signal.SIGKILL)
@@ -146,12 +144,17 @@ def test_a_blocked_node_is_busy_not_dead_and_keeps_its_name(release: Path, node_
             done = amoc(release, "--name", node_name, "status")
             return done.returncode == 4 and "not answering (busy for" in done.stdout
 
-        until(busy, 6, "status says busy")
+        wait_until(busy, "status says busy", 6, every=0.1)
         again = amoc(release, "--name", node_name, "start")
         assert again.returncode == 1, again.stdout
         assert f"already running (pid {pid}, not answering)" in again.stderr
         log = release / "log" / f"{node_name}.log"
-        until(lambda: "event loop has been blocked" in log.read_text(), 6, "watchdog warning")
+        wait_until(
+            lambda: "event loop has been blocked" in log.read_text(),
+            "the watchdog warning",
+            6,
+            every=0.1,
+        )
         text = log.read_text()
         assert "blocker.py" in text and "time.sleep(7)" in text, text[-3000:]
         # Once the loop turns again, the node answers and stops cleanly.

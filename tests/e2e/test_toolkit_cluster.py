@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from tests.e2e.cluster import Cluster, wait
+from tests.e2e.cluster import Cluster
 from tests.e2e.terminal import Terminal
+from tests.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +73,7 @@ def test_throttle_coordinator_terminate_and_parameters(cluster: Cluster) -> None
     term = cluster.start_master()
     for i in (1, 2):
         cluster.start_slave(i)
-        wait(lambda i=i: cluster.node(i) in cluster.up(), 15, f"slave {i} to join")
+        wait_until(lambda i=i: cluster.node(i) in cluster.up(), f"slave {i} to join", 15, every=0.1)
     term.run('amoc_config.set("interarrival", 100)')
     out = term.run('amoc_dist.do("toolkit_probe", 1, 20)')
     assert out.startswith("running toolkit_probe: 20 placed"), out
@@ -107,7 +108,12 @@ def test_throttle_coordinator_terminate_and_parameters(cluster: Cluster) -> None
     for i in (1, 2):
         slave = Terminal(cluster.release, ["--name", cluster.name(i), "attach"], {})
         try:
-            wait(lambda s=slave: s.value('metrics.gauge("probe.level").value') == 7, 10, "level")
+            wait_until(
+                lambda s=slave: s.value('metrics.gauge("probe.level").value') == 7,
+                "level",
+                10,
+                every=0.1,
+            )
             assert slave.value('amoc_config.get("probe_level")') == 7
         finally:
             slave.leave()
@@ -121,7 +127,7 @@ def test_user_rate_paces_spawning_over_the_cluster(cluster: Cluster) -> None:
     term = cluster.start_master()
     for i in (1, 2):
         cluster.start_slave(i)
-        wait(lambda i=i: cluster.node(i) in cluster.up(), 15, f"slave {i} to join")
+        wait_until(lambda i=i: cluster.node(i) in cluster.up(), f"slave {i} to join", 15, every=0.1)
     term.run('amoc_config.set("user_rate", 600)')  # 10 users a second over the cluster
     started = time.monotonic()
     term.run('amoc_dist.do("dummy", 1, 30)')

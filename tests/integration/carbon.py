@@ -16,6 +16,8 @@ from typing import IO
 import pytest
 import whisper
 
+from tests.wait import wait_until
+
 CARBON_CACHE = Path("/usr/bin/carbon-cache")
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
@@ -197,17 +199,13 @@ class Carbon:
         until: Callable[[Points], bool] | None = None,
     ) -> Points:
         """Wait until a series has points (and `until(points)` holds); return them."""
-        deadline = time.monotonic() + timeout
-        while True:
-            points = self.points(series)
-            if points and (until is None or until(points)):
-                return points
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{series} ({self.path(series)}) has no matching points after {timeout}s; "
-                    f"last read {points[-10:]}\ncarbon log:\n{self.log_tail()}"
-                )
-            time.sleep(POLL)
+        return wait_until(
+            lambda: self.points(series),
+            lambda: f"matching points in {series} ({self.path(series)})\n{self.log_tail()}",
+            timeout,
+            holds=lambda points: bool(points) and (until is None or until(points)),
+            every=POLL,
+        )
 
     async def aread(
         self,

@@ -38,6 +38,7 @@ from amoc.runner import Controller
 from tests.conftest import ROOT
 from tests.e2e.terminal import amoc
 from tests.net import free_port
+from tests.wait import until, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -122,14 +123,12 @@ class Client:
 
     def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15) -> Any:
         """Poll /api/status until `predicate` holds on it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.ok("GET", "/api/status")
-            if predicate(status):
-                return status
-            if time.monotonic() > deadline:
-                raise AssertionError(f"status never met the condition: {status}")
-            time.sleep(0.05)
+        return wait_until(
+            lambda: self.ok("GET", "/api/status"),
+            "the status to meet the condition",
+            timeout,
+            holds=predicate,
+        )
 
 
 # -- (a) in process: an ApiServer on a Controller, port 0 ---------------------------------
@@ -175,10 +174,9 @@ async def test_in_process_run_with_aiohttp_client(served: Any) -> None:
         async with http.post(f"{base}/api/run", json=body, headers=auth) as response:
             assert response.status == 200, await response.text()
             assert (await response.json())["scenario"] == "asleep"
-        deadline = time.monotonic() + 5
-        while controller.status()["users"]["running"] < 3:
-            assert time.monotonic() < deadline, controller.status()
-            await asyncio.sleep(0.02)
+        await until(
+            lambda: controller.status()["users"]["running"] >= 3, controller.status, timeout=5
+        )
         bad = {"scenario": "asleep", "first": 0, "last": 3}
         async with http.post(f"{base}/api/run", json=bad, headers=auth) as response:
             assert response.status == 400
@@ -401,10 +399,8 @@ def test_node_drives_every_endpoint(node: NodeApi) -> None:
     def runs() -> int:
         return int(client.ok("GET", "/api/metrics")["metrics"].get("sleeper.runs", 0))
 
-    deadline = time.monotonic() + 10
-    while runs() < 10:  # each user runs start again right away (repeat_interval 0)
-        assert time.monotonic() < deadline, client.ok("GET", "/api/metrics")
-        time.sleep(0.1)
+    # Each user runs start again right away (repeat_interval 0).
+    wait_until(lambda: runs() >= 10, lambda: client.ok("GET", "/api/metrics"), every=0.1)
     summary = client.ok("GET", "/api/metrics")["metrics"]
     assert summary["users.started"] >= 8
 

@@ -22,6 +22,7 @@ import pytest
 from tests.e2e.terminal import amoc
 from tests.integration.test_api import TOKEN, Answer, Client
 from tests.net import free_port
+from tests.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -151,10 +152,7 @@ def test_blocking_uploads_time_out_while_the_node_answers(node: Node) -> None:
         refused = answer.result().refused(400, "source")
         assert f"still importing after {CHECK_TIMEOUT_S} s" in refused.body["error"]
     assert time.monotonic() - began < 4 * CHECK_TIMEOUT_S
-    deadline = time.monotonic() + 5
-    while _checkers(node.pid):  # killed, and reaped
-        assert time.monotonic() < deadline, _checkers(node.pid)
-        time.sleep(0.1)
+    wait_until(lambda: not _checkers(node.pid), "the checkers killed and reaped", 5, every=0.1)
     assert client.ok("GET", "/api/status")["users"]["running"] == 5
     final = client.ok("POST", "/api/stop")
     assert final["users"]["started"] == 5 and final["users"]["failed_runs"] == 0
@@ -289,10 +287,11 @@ def test_secrets_are_masked_in_the_api_and_the_private_report(node: Node) -> Non
     client.ok("POST", "/api/run", {"scenario": "dummy", "users": 2, "comment": "secrets"})
     client.wait(lambda s: s["users"]["running"] == 2)
     client.ok("POST", "/api/stop")
-    deadline = time.monotonic() + 10
-    while not list(node.reports.glob("*-dummy/index.html")):
-        assert time.monotonic() < deadline, list(node.reports.rglob("*"))
-        time.sleep(0.1)
+    wait_until(
+        lambda: list(node.reports.glob("*-dummy/index.html")),
+        lambda: f"the report, among {list(node.reports.rglob('*'))}",
+        every=0.1,
+    )
     (directory,) = {p.parent for p in node.reports.glob("*-dummy/index.html")}
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     names = sorted(p.name for p in directory.iterdir())

@@ -20,6 +20,7 @@ from amoc.metrics import PARAMETERS, MetricsService, Registry
 from amoc.metrics.graphite import GraphiteReporter
 from amoc.metrics.prometheus import PrometheusEndpoint
 from tests.integration.carbon import Carbon, Points, carbon_fixture  # noqa: F401 - the fixture
+from tests.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -38,16 +39,6 @@ def record_ttd(registry: Registry) -> None:
 def values(points: Points) -> list[float]:
     """The values of whisper points."""
     return [value for _, value in points]
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -165,16 +156,16 @@ async def test_reporter_keeps_metrics_while_carbon_is_down(
         with ticking(record, 0.1):
             await asyncio.to_thread(carbon.stop)
             down_from = time.time()
-            await wait_until(lambda: not reporter.connected, "the reporter to notice")
+            await until(lambda: not reporter.connected, "the reporter to notice")
             size = len(reporter.buffer)
-            await wait_until(lambda: time.time() > down_from + 1.5, "1.5 s of downtime")
+            await until(lambda: time.time() > down_from + 1.5, "1.5 s of downtime")
             assert not reporter.connected
             assert len(reporter.buffer) > size
             down_until = time.time()
             kept = buffered(reporter, "t2.sent.count")
             await asyncio.to_thread(carbon.start)
-            await wait_until(lambda: reporter.connected, "the reporter to reconnect")
-        await wait_until(lambda: not reporter.buffer, "the buffer to be sent")
+            await until(lambda: reporter.connected, "the reporter to reconnect")
+        await until(lambda: not reporter.buffer, "the buffer to be sent")
         down = range(int(down_from) + 1, int(down_until))
         assert set(down) <= set(kept)
         count = dict(

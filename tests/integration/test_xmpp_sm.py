@@ -15,6 +15,7 @@ import pytest
 from amoc import metrics, xmpp
 from amoc.xmpp import sm
 from tests.integration.xmpp_fixture import XmppServer, count, own_server
+from tests.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -148,15 +149,6 @@ def state(client: xmpp.Session) -> sm.StreamManagement:
     found = lean(client).stream_management
     assert found is not None, "the server did not enable stream management"
     return found
-
-
-async def until(test: Callable[[], bool], what: str, limit: float = 10.0) -> None:
-    """Wait (bounded) until `test()` holds."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while not test():
-        assert loop.time() < end, f"not within {limit} s: {what}"
-        await asyncio.sleep(0.01)
 
 
 async def with_relays(

@@ -15,6 +15,7 @@ from amoc.config import Config
 from amoc.home import Home
 from amoc.report.recorder import _new_directory, since
 from amoc.watchdog import PARAMETERS, Watchdog
+from tests.wait import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -63,15 +64,9 @@ def test_the_watchdog_names_what_blocks_the_loop(
         dog = Watchdog(loop, thread, busy, config)
         dog.start()
         try:
-            deadline = time.monotonic() + 5
-            while not busy.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert busy.exists()
+            wait_until(busy.exists, "the busy file", 5)
             assert 0 <= time.time() - float(busy.read_text()) < 3
-            deadline = time.monotonic() + 5
-            while busy.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert not busy.exists()  # the loop turns again
+            wait_until(lambda: not busy.exists(), "the busy file gone (the loop turns again)", 5)
         finally:
             dog.stop()
             loop.call_soon_threadsafe(loop.stop)

@@ -17,7 +17,8 @@ from amoc.local import AmocLocal
 from amoc.runner import Controller
 from tests.unit import probe
 from tests.unit.test_runner import controller as make_controller
-from tests.unit.test_runner import counting, until
+from tests.unit.test_runner import counting
+from tests.wait import until, wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -81,7 +82,7 @@ async def test_concurrent_do_admits_exactly_one(tmp_path: Path) -> None:
     # Refused while it was starting (it loads in a thread): named, with how to get past it.
     assert all(repr(name) in str(e) for e in refused), refused
     assert all("stop()" in str(e) for e in refused)
-    await until(lambda: ctl.status()["users"]["running"] == 10)
+    await until(lambda: ctl.status()["users"]["running"] == 10, "10 users running")
     assert sorted(probe.runs) == list(range(1, 11))
     with pytest.raises(RunnerError, match=rf"{name!r} is already running with 10 users; stop"):
         await ctl.do("c", 11, 12)
@@ -94,7 +95,7 @@ async def test_concurrent_do_admits_exactly_one(tmp_path: Path) -> None:
 async def test_stop_during_a_slow_init_starts_no_user(tmp_path: Path) -> None:
     ctl = controller(tmp_path, {"s": slow_init(30)})
     starting = asyncio.ensure_future(ctl.do("s", 1, 50))
-    await until(lambda: probe.events == [("init", None)])
+    await until(lambda: probe.events == [("init", None)], "init called")
     assert ctl.status()["state"] == "starting" and ctl.status()["scenario"] == "s"
     with pytest.raises(RunnerError, match="'s' is starting"):
         await ctl.do("s", 1, 2)
@@ -118,7 +119,7 @@ async def test_a_hanging_init_is_bounded_by_init_timeout(tmp_path: Path) -> None
     assert ctl.status()["state"] == "idle" and not probe.runs
     (tmp_path / "s.py").write_text(slow_init(0))  # the run can start once init returns
     await ctl.do("s", 1, 3)
-    await until(lambda: ctl.status()["users"]["running"] == 3)
+    await until(lambda: ctl.status()["users"]["running"] == 3, "3 users running")
     await ctl.stop()
 
 
@@ -127,7 +128,7 @@ async def test_stop_abandons_users_that_swallow_cancellation(
 ) -> None:
     ctl = controller(tmp_path, {"s": stubborn(1.5), "c": counting(60)}, stop_timeout=300)
     await ctl.do("s", 1, 6)
-    await until(lambda: ctl.status()["users"]["running"] == 6)
+    await until(lambda: ctl.status()["users"]["running"] == 6, "6 users running")
     begun = time.monotonic()
     with caplog.at_level(logging.WARNING, "amoc.runner"):
         final = await ctl.stop()
@@ -146,7 +147,7 @@ async def test_stop_abandons_users_that_swallow_cancellation(
 async def test_force_remove_is_bounded(tmp_path: Path) -> None:
     ctl = controller(tmp_path, {"s": stubborn(2)}, stop_timeout=200)
     await ctl.do("s", 1, 5)
-    await until(lambda: ctl.status()["users"]["running"] == 5)
+    await until(lambda: ctl.status()["users"]["running"] == 5, "5 users running")
     begun = time.monotonic()
     reply = await ctl.remove(2, force=True)
     assert time.monotonic() - begun < 1
@@ -159,7 +160,7 @@ async def test_a_hanging_terminate_does_not_hang_stop(tmp_path: Path) -> None:
     source = counting(60) + "\nasync def terminate():\n    await asyncio.sleep(600)\n"
     ctl = controller(tmp_path, {"t": source}, stop_timeout=200)
     await ctl.do("t", 1, 2)
-    await until(lambda: ctl.status()["users"]["running"] == 2)
+    await until(lambda: ctl.status()["users"]["running"] == 2, "2 users running")
     begun = time.monotonic()
     await ctl.stop()
     assert time.monotonic() - begun < 1 and ctl.status()["state"] == "idle"
@@ -168,7 +169,7 @@ async def test_a_hanging_terminate_does_not_hang_stop(tmp_path: Path) -> None:
 async def test_concurrent_stops_share_one_stop(tmp_path: Path) -> None:
     ctl = controller(tmp_path, {"c": counting(60)})
     await ctl.do("c", 1, 20)
-    await until(lambda: ctl.status()["users"]["running"] == 20)
+    await until(lambda: ctl.status()["users"]["running"] == 20, "20 users running")
     finals = await asyncio.gather(*(ctl.stop() for _ in range(5)))
     assert all(f["users"]["started"] == 20 for f in finals)
     assert ctl.status()["users"] == {**ctl.status()["users"], "running": 0, "stopping": 0}
@@ -238,12 +239,12 @@ def test_status_from_other_threads_during_a_20000_user_ramp(
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 20
-    while local.status()["users"]["running"] < users and time.monotonic() < deadline:
-        time.sleep(0.05)
-    done.set()
-    for t in threads:
-        t.join(10)
+    try:
+        wait_until(lambda: local.status()["users"]["running"] >= users, "every user running", 20)
+    finally:
+        done.set()
+        for t in threads:
+            t.join(10)
     assert not failures, failures[0]
     assert local.status()["users"]["running"] == users
     assert local.users() == list(range(1, users + 1))

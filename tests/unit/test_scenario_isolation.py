@@ -13,6 +13,7 @@ from amoc import scenario, scenario_check
 from amoc.config import Config
 from amoc.errors import ScenarioError
 from amoc.runner import Controller
+from tests.wait import until
 
 pytestmark = pytest.mark.unit
 
@@ -63,10 +64,7 @@ async def test_users_that_exit_count_as_failed_runs(tmp_path: Path) -> None:
     controller = Controller([tmp_path], config)
     try:
         await controller.do("exits", 1, 3)
-        deadline = time.monotonic() + 10
-        while controller.status()["users"]["failed_runs"] < 6:
-            assert time.monotonic() < deadline, controller.status()
-            await asyncio.sleep(0.02)
+        await until(lambda: controller.status()["users"]["failed_runs"] >= 6, controller.status)
     finally:
         final = await controller.stop()
         await controller.close()

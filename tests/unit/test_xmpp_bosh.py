@@ -23,6 +23,7 @@ from aiohttp import web
 from amoc import xmpp
 from amoc.xmpp import bosh
 from amoc.xmpp.parser import Element, StreamParser, from_etree
+from tests.wait import until
 
 pytestmark = pytest.mark.unit
 
@@ -264,14 +265,6 @@ async def login(server: FakeBosh, user_id: int, **extra: Any) -> Any:
     return await xmpp.connect(
         user_id, transport=server.url(), sasl="PLAIN", connect_timeout=5000, **extra
     )
-
-
-async def until(condition: Any, what: str, timeout: float = 5.0) -> None:
-    """Wait for `condition()` with a deadline (no sleeps as synchronisation)."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
-    assert condition(), what
 
 
 # -- the session -------------------------------------------------------------------------------

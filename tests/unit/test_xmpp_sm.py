@@ -19,6 +19,7 @@ from amoc.errors import ConfigError
 from amoc.xmpp import sm
 from amoc.xmpp.parser import Element, StreamParser
 from tests.unit.test_xmpp_lean import FEATURES, HEADER
+from tests.wait import until
 
 pytestmark = pytest.mark.unit
 
@@ -207,14 +208,6 @@ def count(name: str) -> int:
 
 def unacked_gauge() -> float:
     return metrics.gauge("xmpp.sm.unacked").value
-
-
-async def until(test: Callable[[], bool], what: str, limit: float = 5.0) -> None:
-    """Wait (bounded) until `test()` holds, checking at each loop turn."""
-    async with asyncio.timeout(limit):
-        while not test():
-            await asyncio.sleep(0.005)
-    assert test(), what
 
 
 # -- the protocol state on its own ----------------------------------------------------------
@@ -656,7 +649,7 @@ def test_failed_reconnect_attempts_are_retried_until_resumed(loop: str) -> None:
         client = await connect(port, mode="resume", connect_timeout=300)
         client.send_chat(2)
         await until(lambda: lean(client).resuming, "a resumption under way")
-        await until(lambda: not lean(client).resuming, "resumed", limit=8)
+        await until(lambda: not lean(client).resuming, "resumed", timeout=8)
         assert client.connected and client.unacked == 1
         await client.stop()
 
