@@ -20,20 +20,27 @@ from typing import Any
 
 from amoc import __version__, api, metrics
 from amoc.cluster import settings as cluster_settings
+from amoc.cluster.master import Master
 from amoc.config import parse_literal
 from amoc.console import LEAVE_FOREGROUND, attach, interact
 from amoc.console_socket import ConsoleClient
 from amoc.errors import AmocError, NodeError
 from amoc.home import Home
 from amoc.node import Node, running_pid, setup_logging, wait_for
+from amoc.report import recorder as report_recorder
 from amoc.report import thresholds
-from amoc.runner import Controller, State
+from amoc.runner import State
+from amoc.status import Runner
+
+log = logging.getLogger("amoc.cli")
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0
 # A node told to stop whose loop does not end in this time (a loop blocked for good) exits
 # without a clean stop rather than never.
 SHUTDOWN_GRACE = 60.0
+# How long a headless run on a master waits for its slaves to join.
+SLAVE_WAIT = 60.0
 # How long the CLI waits for a node's answer before calling it busy.
 ANSWER_TIMEOUT = 3.0
 # Exit code of `status` when the node lives but does not answer.
@@ -231,50 +238,21 @@ def cmd_attach(home: Home, _args: argparse.Namespace) -> int:
 
 
 def cmd_run(home: Home, args: argparse.Namespace) -> int:
-    """Run a scenario headless for a bounded time and print its figures."""
+    """Run a scenario headless for a bounded time and print its figures.
+
+    On a node whose cluster_role is master, the run goes over the slaves (it waits for
+    `--slaves` of them first) and the figures are the cluster's."""
     setup_logging(home, terminal=True)
-    settings: dict[str, Any] = {}
-    for item in args.set or []:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            print(f"amoc: --set expects NAME=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        settings[name] = parse_literal(raw)
-    if args.rate is not None:
-        if not math.isfinite(args.rate) or args.rate <= 0:
-            print("amoc: --rate must be > 0 users per second", file=sys.stderr)
-            return 2
-        settings["interarrival"] = 1000.0 / args.rate
-    expressions = list(args.fail_if or [])
-    # Any failed login, error reply or lost message fails a run unless the user allows some.
-    max_errors = 0.0 if args.max_error_ratio is None else args.max_error_ratio
-    if not 0 <= max_errors <= 1:
-        print("amoc: --max-error-ratio must be between 0 and 1", file=sys.stderr)
-        return 2
-    expressions.append(f"error_ratio <= {max_errors}")
-    if args.max_ttd_p99 is not None:
-        expressions.append(f"xmpp.ttd_ms.p99 <= {args.max_ttd_p99}")
     try:
-        limits = [thresholds.parse(e) for e in expressions]
-    except thresholds.ThresholdError as exc:
+        settings, limits = _run_options(args)
+    except _Refused as exc:
         print(f"amoc: {exc}", file=sys.stderr)
-        return 2
-    if args.users < 1 or not math.isfinite(args.duration) or args.duration <= 0:
-        print(
-            "amoc: --users must be >= 1 and --duration a finite number of seconds > 0",
-            file=sys.stderr,
-        )
         return 2
     node = Node(home)
     if args.report:
         node.config.set("report_dir", str(Path(args.report).resolve()), strict=False)
-    # Settings read when the node starts (prometheus_*, graphite_*, api_*, cluster_*) go in
-    # before it.
-    node.config.declare([*metrics.PARAMETERS, *api.PARAMETERS, *cluster_settings.PARAMETERS])
-    declared = node.config.known()
     try:
-        for name in [n for n in settings if getattr(declared.get(n.lower()), "start_only", False)]:
-            node.config.set(name, settings.pop(name))
+        _set_start_only(node, settings)
     except AmocError as exc:
         print(f"amoc: {exc}", file=sys.stderr)
         return 2
@@ -283,44 +261,21 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
     except AmocError as exc:
         print(f"amoc: {exc}", file=sys.stderr)
         return 1
-    ctl = node.controller
-    assert ctl is not None
-    # A signal ends the run early; the stop below still writes its report.
-    signalled: list[int] = []
-    ended = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if signalled:
-            os._exit(128 + signum)  # a second signal: no more waiting
-        signalled.append(signum)
-        ended.set()
-        with contextlib.suppress(RuntimeError):  # a start under way is called off
-            asyncio.run_coroutine_threadsafe(_stop_if_starting(ctl), node.loop)
-
+    run = _HeadlessRun(node, args)
     for signum in STOP_SIGNALS:
-        signal.signal(signum, on_signal)
+        signal.signal(signum, run.on_signal)
     try:
-        first = args.first
-        last = first + args.users - 1
-        node.call(ctl.do(args.scenario, first, last, settings, args.comment))
-        deadline = time.monotonic() + args.duration
-        while not ended.wait(0.2) and time.monotonic() < deadline:
-            try:
-                # Read in the loop that owns the controller, never from this thread.
-                if node.read(ctl.status, timeout=ANSWER_TIMEOUT).state != "running":
-                    break
-            except concurrent.futures.TimeoutError:
-                continue  # a busy loop (the watchdog logs it): keep to the deadline
-        final = node.call(ctl.stop(), timeout=STOP_TIMEOUT).to_dict()
+        final, before = run.drive(settings)
     except AmocError as exc:
         print(f"amoc: {exc}", file=sys.stderr)
         node.shutdown()
-        return 128 + signalled[0] if signalled else 2
+        return 128 + run.signalled[0] if run.signalled else 2
     except concurrent.futures.TimeoutError:
         print(f"amoc: the run did not stop within {STOP_TIMEOUT:g} s", file=sys.stderr)
         node.shutdown()
         return 1
-    snapshot = metrics.REGISTRY.snapshot()
+    # The run's own figures: a long-lived slave's counters started before it.
+    snapshot = report_recorder.since(metrics.REGISTRY.snapshot(), before)
     summary = metrics.summary(snapshot)
     written = node.recorder.last_report if node.recorder else None
     node.shutdown()
@@ -339,25 +294,136 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
             print(f"report: {written}")
     for line in failed:
         print(f"amoc: {line}", file=sys.stderr)
-    if signalled:
-        name = signal.Signals(signalled[0]).name
+    if run.signalled:
+        name = signal.Signals(run.signalled[0]).name
         print(f"amoc: the run was ended early by {name}", file=sys.stderr)
-        return 128 + signalled[0]
+        return 128 + run.signalled[0]
     return 1 if failed else 0
 
 
-async def _stop_if_starting(ctl: Controller) -> None:
-    if ctl.state is State.STARTING:
+class _Refused(Exception):
+    """A bad option of `amoc run` (exit 2)."""
+
+
+def _run_options(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
+    """The run's settings and thresholds from the command line, or _Refused saying why."""
+    settings: dict[str, Any] = {}
+    for item in args.set or []:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise _Refused(f"--set expects NAME=VALUE, got {item!r}")
+        settings[name] = parse_literal(raw)
+    if args.rate is not None:
+        if not math.isfinite(args.rate) or args.rate <= 0:
+            raise _Refused("--rate must be > 0 users per second")
+        settings["interarrival"] = 1000.0 / args.rate
+    expressions = list(args.fail_if or [])
+    # Any failed login, error reply or lost message fails a run unless the user allows some.
+    max_errors = 0.0 if args.max_error_ratio is None else args.max_error_ratio
+    if not 0 <= max_errors <= 1:
+        raise _Refused("--max-error-ratio must be between 0 and 1")
+    expressions.append(f"error_ratio <= {max_errors}")
+    if args.max_ttd_p99 is not None:
+        expressions.append(f"xmpp.ttd_ms.p99 <= {args.max_ttd_p99}")
+    try:
+        limits = [thresholds.parse(e) for e in expressions]
+    except thresholds.ThresholdError as exc:
+        raise _Refused(str(exc)) from None
+    if args.users < 1 or not math.isfinite(args.duration) or args.duration <= 0:
+        raise _Refused("--users must be >= 1 and --duration a finite number of seconds > 0")
+    if args.slaves < 0:
+        raise _Refused("--slaves must be >= 0")
+    return settings, limits
+
+
+def _set_start_only(node: Node, settings: dict[str, Any]) -> None:
+    """Settings read when the node starts (prometheus_*, graphite_*, api_*, cluster_*) go
+    in before it; they leave `settings`."""
+    node.config.declare([*metrics.PARAMETERS, *api.PARAMETERS, *cluster_settings.PARAMETERS])
+    declared = node.config.known()
+    for name in [n for n in settings if getattr(declared.get(n.lower()), "start_only", False)]:
+        node.config.set(name, settings.pop(name))
+
+
+class _HeadlessRun:
+    """One bounded run on a started node: its controller, or its master's cluster."""
+
+    def __init__(self, node: Node, args: argparse.Namespace) -> None:
+        self.node = node
+        self.args = args
+        runner: Runner | None = node.master if node.master is not None else node.controller
+        assert runner is not None
+        self.runner = runner
+        self.signalled: list[int] = []
+        self.ended = threading.Event()
+
+    def on_signal(self, signum: int, _frame: Any) -> None:
+        """A signal ends the run early; the stop still writes its report."""
+        if self.signalled:
+            os._exit(128 + signum)  # a second signal: no more waiting
+        self.signalled.append(signum)
+        self.ended.set()
+        with contextlib.suppress(RuntimeError):  # a start under way is called off
+            asyncio.run_coroutine_threadsafe(_stop_if_starting(self.node), self.node.loop)
+
+    def drive(self, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """do, wait for the end or the deadline, stop: the final status and the metrics
+        from before the run."""
+        node, args = self.node, self.args
+        if node.master is not None:
+            self._wait_for_slaves(node.master, args.slaves)
+        before = node.read(metrics.REGISTRY.snapshot, timeout=ANSWER_TIMEOUT)
+        first = args.first
+        last = first + args.users - 1
+        node.call(self.runner.do(args.scenario, first, last, settings, args.comment))
+        log.info("headless run of %s: ids %d..%d for at most %g s", args.scenario, first,
+                 last, args.duration)  # fmt: skip
+        deadline = time.monotonic() + args.duration
+        while not self.ended.wait(0.2) and time.monotonic() < deadline:
+            try:
+                # Read in the loop that owns the runner, never from this thread.
+                state = node.read(self.runner.status, timeout=ANSWER_TIMEOUT).state
+            except concurrent.futures.TimeoutError:
+                continue  # a busy loop (the watchdog logs it): keep to the deadline
+            if state not in ("running", "starting"):
+                break
+        return node.call(self.runner.stop(), timeout=STOP_TIMEOUT).to_dict(), before
+
+    def _wait_for_slaves(self, master: Master, count: int) -> None:
+        wanted = max(1, count)
+        deadline = time.monotonic() + SLAVE_WAIT
+        while len(self.node.read(master.registry.up, timeout=ANSWER_TIMEOUT)) < wanted:
+            if self.ended.is_set() or time.monotonic() > deadline:
+                up = len(self.node.read(master.registry.up, timeout=ANSWER_TIMEOUT))
+                raise AmocError(
+                    f"{up} of the {wanted} slaves wanted (--slaves) joined within "
+                    f"{SLAVE_WAIT:g} s: are they started, with this cluster's keys?"
+                )
+            time.sleep(0.2)
+
+
+async def _stop_if_starting(node: Node) -> None:
+    ctl = node.controller
+    if ctl is not None and ctl.state is State.STARTING:
         await ctl.stop()
 
 
 def _print_report(report: dict[str, Any]) -> None:
     ctl = report["controller"]
-    users = ctl["users"]
-    print(
-        f"scenario {ctl['scenario']}: {users['started']} users started, "
-        f"{users['finished']} finished, {users['failed_runs']} failed runs, {users['runs']} runs"
-    )
+    users, figures = ctl["users"], report["metrics"]
+    if "placed" in users:  # a cluster's run: its users' counts are the merged metrics
+        print(
+            f"scenario {ctl['scenario']} on {ctl['nodes']['up']} slaves: {users['placed']} "
+            f"users placed, {figures.get('users.started', 0)} started, "
+            f"{figures.get('users.finished', 0)} finished, {figures.get('users.failed', 0)} "
+            f"failed runs, {figures.get('scenario.runs', 0)} runs, {users['lost']} lost"
+        )
+    else:
+        print(
+            f"scenario {ctl['scenario']}: {users['started']} users started, "
+            f"{users['finished']} finished, {users['failed_runs']} failed runs, "
+            f"{users['runs']} runs"
+        )
     for name, value in sorted(report["metrics"].items()):
         if isinstance(value, dict):
             figures = ", ".join(
@@ -414,6 +480,12 @@ def parser() -> argparse.ArgumentParser:
         "message fails the run)",
     )
     run.add_argument("--max-ttd-p99", type=float, help="fail above this p99 TTD (ms)")
+    run.add_argument(
+        "--slaves",
+        type=int,
+        default=1,
+        help="on a cluster master: wait for this many slaves before starting (default 1)",
+    )
     keys = sub.add_parser("keys", help="make the cluster's CURVE keys")
     keys.add_argument("dir", nargs="?", help="where (default: the release's keys/)")
     keys.add_argument("--force", action="store_true", help="replace existing keys")

@@ -26,6 +26,14 @@ BANNER = """amoc console on node {name!r} (pid {pid}).
   amoc_config.get(name) / set(name, value), status(), scenarios()
 {leave}"""
 
+MASTER_BANNER = """amoc console on cluster master {name!r} (pid {pid}).
+  nodes()                                   the slaves: up or down, users, heartbeats
+  amoc_dist.do("dummy", 1, 100)             start users 1..100 spread over the slaves
+  amoc_dist.add(10) / remove(10, force=True)  more users / remove the newest
+  amoc_dist.stop(), amoc_dist.placement()   stop the run / which ids run where
+  status(), watch(), report(), amoc_config.get(name) / set(name, value), scenarios()
+{leave}"""
+
 _WATCH = re.compile(r"^\s*watch\(\s*(?:seconds\s*=\s*)?([0-9.]+)?\s*\)\s*$")
 
 LEAVE_FOREGROUND = "Ctrl+D leaves the console and stops the node."

@@ -22,7 +22,7 @@ from amoc.cluster import settings as cluster_settings
 from amoc.cluster.master import Master
 from amoc.cluster.slave import SlaveLink
 from amoc.config import Config, amoc_config
-from amoc.console import BANNER, LEAVE_ATTACHED, ConsoleSession, install_streams
+from amoc.console import BANNER, LEAVE_ATTACHED, MASTER_BANNER, ConsoleSession, install_streams
 from amoc.console_socket import Connection, ConsoleClient, serve
 from amoc.dist import AmocDist, NodeTable
 from amoc.errors import AmocError, NodeError
@@ -236,7 +236,8 @@ class Node:
 
     def banner(self, leave: str) -> str:
         """The console's greeting."""
-        return BANNER.format(name=self.home.name, pid=os.getpid(), leave=leave)
+        text = MASTER_BANNER if self.master is not None else BANNER
+        return text.format(name=self.home.name, pid=os.getpid(), leave=leave)
 
     # -- inside the loop thread ---------------------------------------------------------
 
@@ -297,12 +298,20 @@ class Node:
         if self.master is not None:
             cluster = self.master.sample()
             nodes, targets, scenario = cluster["nodes"], cluster["targets"], cluster["scenario"]
+            state = cluster["state"]
         else:
             assert self.controller is not None
             nodes = {self.home.name: metrics.REGISTRY.local_snapshot()}
             targets = {self.home.name: len(self.controller.user_ids())}
             scenario = self.controller.scenario.name if self.controller.scenario else None
-        return {"time": time.time(), "nodes": nodes, "targets": targets, "scenario": scenario}
+            state = self.controller.state.value
+        return {
+            "time": time.time(),
+            "nodes": nodes,
+            "targets": targets,
+            "scenario": scenario,
+            "state": state,
+        }
 
     async def _sample_now(self) -> dict[str, Any]:
         return self.sample()

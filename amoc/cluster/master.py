@@ -31,7 +31,7 @@ from amoc.cluster.placement import Plan, RunMeta
 from amoc.cluster.protocol import Op, ProtocolError, Verb
 from amoc.cluster.registry import NodeInfo, NodeRegistry
 from amoc.cluster.wire import MasterWire, split_route
-from amoc.config import Config
+from amoc.config import Config, check_names
 from amoc.errors import AmocError, RunnerError, ScenarioError
 from amoc.status import ClusterStatus, ClusterUsers, NodeCounts, NodeView, Removal
 
@@ -364,12 +364,7 @@ class Master:
         if not facts.loadable:
             raise ScenarioError(facts.problem or f"scenario {name!r} cannot load")
         self.config.declare(facts.params())
-        known = self.config.known()
-        unknown = [k for k in settings if k.lower() not in known]
-        if unknown:
-            raise RunnerError(
-                f"unknown settings {unknown} for scenario {name!r}; known: {', '.join(known)}"
-            )
+        check_names(settings, self.config.known(), f"for scenario {name!r}")
         return source
 
     async def add(self, count: int) -> ClusterStatus:
@@ -494,6 +489,7 @@ class Master:
             "nodes": up,
             "targets": {k: len(v) for k, v in self.placement().items()},
             "scenario": self.plan.meta.scenario if self.plan else None,
+            "state": self._state([v for v in self.node_views() if v.up]),
         }
 
     def status(self) -> ClusterStatus:

@@ -39,9 +39,33 @@ def annotate(
     return REGISTRY.annotate(what, comment, tags)
 
 
-def show() -> dict[str, Any]:
-    """The node's metrics now: counters, gauges, histogram percentiles."""
-    return summary(REGISTRY.snapshot())
+class MetricsTable(dict[str, Any]):
+    """Metric name -> value (or count/mean/percentiles); prints as an aligned table."""
+
+    def __repr__(self) -> str:
+        if not self:
+            return "no metrics yet"
+        width = max(len(name) for name in self)
+        lines = []
+        for name in sorted(self):
+            value = self[name]
+            if isinstance(value, Mapping):
+                shown = "  ".join(f"{k} {_figure(v)}" for k, v in value.items())
+            else:
+                shown = _figure(value)
+            lines.append(f"{name.ljust(width)}  {shown}")
+        return "\n".join(lines)
+
+
+def _figure(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def show() -> MetricsTable:
+    """The node's metrics now: counters, gauges, histogram percentiles, as a table."""
+    return MetricsTable(summary(REGISTRY.snapshot()))
 
 
 __all__ = [

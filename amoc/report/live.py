@@ -10,7 +10,8 @@ from typing import Any, TextIO
 from amoc.report.figures import COLUMNS, feature_lines, fmt, row, total
 
 # What a view needs, from the node (or over the attach socket): {"time": wall clock,
-# "nodes": {name: snapshot}, "targets": {name: users placed}, "scenario": name or None}.
+# "nodes": {name: snapshot}, "targets": {name: users placed}, "scenario": name or None,
+# "state": the run's state (idle, starting, running, finished, stopping)}.
 Sample = dict[str, Any]
 
 
@@ -39,8 +40,15 @@ def frame(now: Sample, before: Sample | None) -> list[str]:
     table = [header] + [(n, *(fmt(c, r[c]) for c, _ in COLUMNS)) for n, r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     clock = time.strftime("%H:%M:%S", time.localtime(now["time"]))
-    title = f"amoc watch {clock}  scenario {now.get('scenario') or '-'}"
-    lines = [title, progress(all_row["running"], all_row["target"])]
+    state = now.get("state")
+    title = f"amoc watch {clock}  scenario {now.get('scenario') or '-'}" + (
+        f"  {state}" if state else ""
+    )
+    if state == "finished":
+        done = merged_now.get("counters", {}).get("users.finished", 0)
+        lines = [title, f"finished: every user has done its runs ({int(done)} users finished)"]
+    else:
+        lines = [title, progress(all_row["running"], all_row["target"])]
     for line in table:
         lines.append("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in
                                enumerate(zip(line, widths, strict=True))))  # fmt: skip

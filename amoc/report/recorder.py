@@ -81,7 +81,8 @@ class Recorder:
                 "scenario": event["tags"].get("scenario"),
                 "users": event["tags"].get("users"),
                 "comment": event.get("comment"),
-                "started": event["when"],
+                # An adopted run (a restarted master) started before the event.
+                "started": event["tags"].get("since") or event["when"],
                 "node": self.node,
             }
             self.rows.clear()
@@ -125,6 +126,12 @@ class Recorder:
         figures["t"] = now["time"] - self.info["started"]
         self.rows.append(figures)
         self._before = {"time": now["time"], "merged": merged}
+        if now.get("state") == "finished" and self._task is not None:
+            # Every user has done its runs: the report is written now, not at a later stop.
+            log.info("every user of %s has finished", self.info["scenario"])
+            self._task.cancel()
+            self._task = None
+            self._finish()
 
     def write(self) -> Path:
         """The report of the run so far, in its own directory."""

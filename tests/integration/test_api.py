@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from amoc.api import PARAMETERS, LocalProvider, start_node_api
+from amoc.api import PARAMETERS, local_provider, start_node_api
 from amoc.api.routes import ENDPOINTS
 from amoc.api.server import ApiServer
 from amoc.api.store import ScenarioStore
@@ -153,7 +153,7 @@ async def served(tmp_path: Path) -> Any:
     config.set("interarrival", 0)
     controller = Controller([uploaded, bundled], config)
     store = ScenarioStore(controller.scenario_dirs, uploaded)
-    server = ApiServer(LocalProvider(controller, "local1"), config, store, TOKEN, port=0)
+    server = ApiServer(local_provider(controller, "local1"), config, store, TOKEN, port=0)
     await server.start()
     try:
         yield Client(server.port), controller, store
@@ -174,9 +174,7 @@ async def test_in_process_run_with_aiohttp_client(served: Any) -> None:
         async with http.post(f"{base}/api/run", json=body, headers=auth) as response:
             assert response.status == 200, await response.text()
             assert (await response.json())["scenario"] == "asleep"
-        await until(
-            lambda: controller.status()["users"]["running"] >= 3, controller.status, timeout=5
-        )
+        await until(lambda: controller.status().users.running >= 3, controller.status, timeout=5)
         bad = {"scenario": "asleep", "first": 0, "last": 3}
         async with http.post(f"{base}/api/run", json=bad, headers=auth) as response:
             assert response.status == 400
@@ -188,7 +186,7 @@ async def test_in_process_run_with_aiohttp_client(served: Any) -> None:
             cluster = await response.json()
     assert cluster["count"] == 1 and cluster["nodes"][0]["node"] == "local1"
     assert controller.user_ids() == [1, 2, 3]
-    assert controller.status()["comment"] == "in process"
+    assert controller.status().comment == "in process"
 
 
 async def test_openapi_document_matches_the_routes(served: Any) -> None:

@@ -46,20 +46,20 @@ def counting(wait: float) -> str:
 async def test_do_add_remove_force(tmp_path: Path) -> None:
     ctl = controller(tmp_path, {"c": counting(10)})
     await ctl.do("c", 1, 10)
-    await until(lambda: ctl.status()["users"]["running"] == 10, "10 users running")
+    await until(lambda: ctl.status().users.running == 10, "10 users running")
     assert sorted(probe.runs) == list(range(1, 11))
     await ctl.add(5)
-    await until(lambda: ctl.status()["users"]["running"] == 15, "15 users running")
+    await until(lambda: ctl.status().users.running == 15, "15 users running")
     assert sorted(probe.runs) == list(range(1, 16))
     reply = await ctl.remove(3, force=True)
-    assert reply["removed"] == [15, 14, 13]
+    assert reply.removed == [15, 14, 13]
     assert ctl.user_ids() == list(range(1, 13))
     assert not probe.finished  # killed in the middle of start
     await ctl.add(2)  # ids go on after the newest ever given
     await until(lambda: 17 in probe.runs, "user 17 started")
     assert ctl.user_ids() == [*range(1, 13), 16, 17]
     final = await ctl.stop()
-    assert final["users"]["started"] == 17 and ctl.status()["state"] == "idle"
+    assert final.users.started == 17 and ctl.status().state == "idle"
 
 
 async def test_gentle_remove_lets_the_run_finish(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ async def test_gentle_remove_lets_the_run_finish(tmp_path: Path) -> None:
     await ctl.remove(2)
     assert ctl.user_ids() == [1, 2]
     await until(lambda: probe.finished[3] == probe.finished[4] == 1, "users 3 and 4 finished")
-    await until(lambda: ctl.status()["users"]["stopping"] == 0, "no user stopping")
+    await until(lambda: ctl.status().users.stopping == 0, "no user stopping")
     await asyncio.sleep(0.1)
     assert probe.runs[3] == 1 and probe.runs[4] == 1  # never started again
     await ctl.stop()
@@ -80,7 +80,7 @@ async def test_gentle_remove_of_a_user_between_runs_is_immediate(tmp_path: Path)
     await ctl.do("c", 1, 3)
     await until(lambda: sum(probe.finished.values()) == 3, "3 users finished")
     await ctl.remove(1)
-    await until(lambda: ctl.status()["users"]["stopping"] == 0, "no user stopping")
+    await until(lambda: ctl.status().users.stopping == 0, "no user stopping")
     assert ctl.user_ids() == [1, 2]
     await ctl.stop()
 
@@ -89,12 +89,12 @@ async def test_repeat_num_and_interval(tmp_path: Path) -> None:
     ctl = controller(tmp_path, {"c": counting(0)}, repeat_num=3, repeat_interval=100)
     begun = time.monotonic()
     await ctl.do("c", 1, 5)
-    await until(lambda: ctl.status()["state"] == "finished", "the run finished")
+    await until(lambda: ctl.status().state == "finished", "the run finished")
     elapsed = time.monotonic() - begun
     assert all(probe.runs[u] == 3 for u in range(1, 6))
     assert elapsed >= 0.2  # two waits of repeat_interval between three runs
-    status = ctl.status()["users"]
-    assert status["finished"] == 5 and status["runs"] == 15 and status["running"] == 0
+    status = ctl.status().users
+    assert status.finished == 5 and status.runs == 15 and status.running == 0
     await ctl.add(1)  # a finished scenario takes more users
     await until(lambda: probe.runs[6] == 3, "user 6 ran 3 times")
     await ctl.stop()
@@ -125,9 +125,9 @@ async def start(user_id):
 """
     ctl = controller(tmp_path, {"f": source}, repeat_num=3, repeat_interval=20)
     await ctl.do("f", 1, 3)
-    await until(lambda: ctl.status()["state"] == "finished", "the run finished")
+    await until(lambda: ctl.status().state == "finished", "the run finished")
     assert probe.runs == {1: 3, 2: 3, 3: 3}  # retried after repeat_interval
-    assert ctl.status()["users"]["failed_runs"] == 3
+    assert ctl.status().users.failed_runs == 3
     await ctl.stop()
 
 
@@ -146,7 +146,7 @@ def init():
 """
     ctl = controller(tmp_path, {"s": source}, repeat_num=1)
     await ctl.do("s", 1, 3)
-    await until(lambda: ctl.status()["state"] == "finished", "the run finished")
+    await until(lambda: ctl.status().state == "finished", "the run finished")
     assert all(name.startswith("amoc-sync-start") for name in probe.threads)
     assert probe.events == [("state", "shared")] * 3
     await ctl.stop()
@@ -155,14 +155,14 @@ def init():
 async def test_bad_commands_do_not_disturb_the_run(tmp_path: Path) -> None:
     ctl = controller(tmp_path, {"c": counting(10)})
     await ctl.do("c", 1, 5)
-    await until(lambda: ctl.status()["users"]["running"] == 5, "5 users running")
+    await until(lambda: ctl.status().users.running == 5, "5 users running")
     with pytest.raises(RunnerError, match="already running"):
         await ctl.do("c", 1, 5)
     with pytest.raises(RunnerError, match="only 5 are running"):
         await ctl.remove(6)
     with pytest.raises(RunnerError, match="count must be an integer"):
         await ctl.add(0)
-    assert ctl.status()["users"]["running"] == 5 and ctl.user_ids() == [1, 2, 3, 4, 5]
+    assert ctl.status().users.running == 5 and ctl.user_ids() == [1, 2, 3, 4, 5]
     await ctl.stop()
 
 
@@ -189,7 +189,7 @@ async def test_bad_do_starts_nothing(tmp_path: Path) -> None:
         await ctl.do("c", 1, 3, settings={"bogus": 1})
     with pytest.raises(RunnerError, match="no scenario is running"):
         await ctl.add(1)
-    assert ctl.status()["state"] == "idle" and not probe.runs
+    assert ctl.status().state == "idle" and not probe.runs
 
 
 async def test_terminate_gets_the_state(tmp_path: Path) -> None:

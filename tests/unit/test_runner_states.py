@@ -15,6 +15,7 @@ import pytest
 from amoc.errors import RunnerError, ScenarioError
 from amoc.local import AmocLocal
 from amoc.runner import Controller
+from amoc.status import RunStatus
 from tests.unit import probe
 from tests.unit.test_runner import controller as make_controller
 from tests.unit.test_runner import counting
@@ -75,20 +76,20 @@ async def test_concurrent_do_admits_exactly_one(tmp_path: Path) -> None:
     ctl = controller(tmp_path, {"c": counting(60), "other": counting(60)})
     calls = [ctl.do("c" if i % 2 else "other", 1, 10) for i in range(20)]
     results = await asyncio.gather(*calls, return_exceptions=True)
-    admitted = [r for r in results if isinstance(r, dict)]
+    admitted = [r for r in results if isinstance(r, RunStatus)]
     refused = [r for r in results if isinstance(r, RunnerError)]
     assert len(admitted) == 1 and len(refused) == 19, results
-    name = admitted[0]["scenario"]
+    name = admitted[0].scenario
     # Refused while it was starting (it loads in a thread): named, with how to get past it.
     assert all(repr(name) in str(e) for e in refused), refused
     assert all("stop()" in str(e) for e in refused)
-    await until(lambda: ctl.status()["users"]["running"] == 10, "10 users running")
+    await until(lambda: ctl.status().users.running == 10, "10 users running")
     assert sorted(probe.runs) == list(range(1, 11))
     with pytest.raises(RunnerError, match=rf"{name!r} is already running with 10 users; stop"):
         await ctl.do("c", 11, 12)
     final = await ctl.stop()
-    assert final["users"]["started"] == 10
-    assert ctl.status()["users"]["running"] == 0 and not ctl.user_ids()
+    assert final.users.started == 10
+    assert ctl.status().users.running == 0 and not ctl.user_ids()
     assert sum(1 for t in asyncio.all_tasks() if t.get_name().startswith("user-")) == 0
 
 
@@ -96,7 +97,7 @@ async def test_stop_during_a_slow_init_starts_no_user(tmp_path: Path) -> None:
     ctl = controller(tmp_path, {"s": slow_init(30)})
     starting = asyncio.ensure_future(ctl.do("s", 1, 50))
     await until(lambda: probe.events == [("init", None)], "init called")
-    assert ctl.status()["state"] == "starting" and ctl.status()["scenario"] == "s"
+    assert ctl.status().state == "starting" and ctl.status().scenario == "s"
     with pytest.raises(RunnerError, match="'s' is starting"):
         await ctl.do("s", 1, 2)
     with pytest.raises(RunnerError, match="'s' is starting"):
@@ -107,7 +108,7 @@ async def test_stop_during_a_slow_init_starts_no_user(tmp_path: Path) -> None:
     with pytest.raises(RunnerError, match="stopped while starting; no user was started"):
         await starting
     await asyncio.sleep(0.1)
-    assert not probe.runs and ctl.status()["state"] == "idle" and not ctl.user_ids()
+    assert not probe.runs and ctl.status().state == "idle" and not ctl.user_ids()
 
 
 async def test_a_hanging_init_is_bounded_by_init_timeout(tmp_path: Path) -> None:
@@ -116,10 +117,10 @@ async def test_a_hanging_init_is_bounded_by_init_timeout(tmp_path: Path) -> None
     with pytest.raises(ScenarioError, match=r"did not return within 0.3 s \(init_timeout\)"):
         await ctl.do("s", 1, 5)
     assert 0.25 < time.monotonic() - begun < 2
-    assert ctl.status()["state"] == "idle" and not probe.runs
+    assert ctl.status().state == "idle" and not probe.runs
     (tmp_path / "s.py").write_text(slow_init(0))  # the run can start once init returns
     await ctl.do("s", 1, 3)
-    await until(lambda: ctl.status()["users"]["running"] == 3, "3 users running")
+    await until(lambda: ctl.status().users.running == 3, "3 users running")
     await ctl.stop()
 
 
@@ -128,31 +129,31 @@ async def test_stop_abandons_users_that_swallow_cancellation(
 ) -> None:
     ctl = controller(tmp_path, {"s": stubborn(1.5), "c": counting(60)}, stop_timeout=300)
     await ctl.do("s", 1, 6)
-    await until(lambda: ctl.status()["users"]["running"] == 6, "6 users running")
+    await until(lambda: ctl.status().users.running == 6, "6 users running")
     begun = time.monotonic()
     with caplog.at_level(logging.WARNING, "amoc.runner"):
         final = await ctl.stop()
     assert time.monotonic() - begun < 1.5
-    assert final["users"]["abandoned"] == 6 and final["users"]["running"] == 0
+    assert final.users.abandoned == 6 and final.users.running == 0
     assert "6 users did not end within stop_timeout" in caplog.text
-    assert ctl.status()["state"] == "idle" and not ctl.user_ids()
+    assert ctl.status().state == "idle" and not ctl.user_ids()
     # The next run counts only its own users, even when the abandoned ones end meanwhile.
     await ctl.do("c", 1, 4)
     await asyncio.sleep(1.7)
-    status = ctl.status()["users"]
-    assert status["running"] == 4 and status["finished"] == 0 and status["abandoned"] == 0
+    status = ctl.status().users
+    assert status.running == 4 and status.finished == 0 and status.abandoned == 0
     await ctl.stop()
 
 
 async def test_force_remove_is_bounded(tmp_path: Path) -> None:
     ctl = controller(tmp_path, {"s": stubborn(2)}, stop_timeout=200)
     await ctl.do("s", 1, 5)
-    await until(lambda: ctl.status()["users"]["running"] == 5, "5 users running")
+    await until(lambda: ctl.status().users.running == 5, "5 users running")
     begun = time.monotonic()
     reply = await ctl.remove(2, force=True)
     assert time.monotonic() - begun < 1
-    assert reply["removed"] == [5, 4] and reply["users"]["abandoned"] == 2
-    assert reply["users"]["running"] == 3 and ctl.user_ids() == [1, 2, 3]
+    assert reply.removed == [5, 4] and reply.status.users.abandoned == 2
+    assert reply.status.users.running == 3 and ctl.user_ids() == [1, 2, 3]
     await ctl.stop()
 
 
@@ -160,19 +161,19 @@ async def test_a_hanging_terminate_does_not_hang_stop(tmp_path: Path) -> None:
     source = counting(60) + "\nasync def terminate():\n    await asyncio.sleep(600)\n"
     ctl = controller(tmp_path, {"t": source}, stop_timeout=200)
     await ctl.do("t", 1, 2)
-    await until(lambda: ctl.status()["users"]["running"] == 2, "2 users running")
+    await until(lambda: ctl.status().users.running == 2, "2 users running")
     begun = time.monotonic()
     await ctl.stop()
-    assert time.monotonic() - begun < 1 and ctl.status()["state"] == "idle"
+    assert time.monotonic() - begun < 1 and ctl.status().state == "idle"
 
 
 async def test_concurrent_stops_share_one_stop(tmp_path: Path) -> None:
     ctl = controller(tmp_path, {"c": counting(60)})
     await ctl.do("c", 1, 20)
-    await until(lambda: ctl.status()["users"]["running"] == 20, "20 users running")
+    await until(lambda: ctl.status().users.running == 20, "20 users running")
     finals = await asyncio.gather(*(ctl.stop() for _ in range(5)))
-    assert all(f["users"]["started"] == 20 for f in finals)
-    assert ctl.status()["users"] == {**ctl.status()["users"], "running": 0, "stopping": 0}
+    assert all(f.users.started == 20 for f in finals)
+    assert ctl.status().users.running == 0 and ctl.status().users.stopping == 0
 
 
 async def test_a_do_racing_a_stop_leaves_no_orphan(tmp_path: Path) -> None:
@@ -183,7 +184,7 @@ async def test_a_do_racing_a_stop_leaves_no_orphan(tmp_path: Path) -> None:
         await asyncio.gather(*racing, *stopping, return_exceptions=True)
         await ctl.stop()
         await asyncio.sleep(0.05)
-        assert ctl.status()["state"] == "idle" and not ctl.user_ids()
+        assert ctl.status().state == "idle" and not ctl.user_ids()
         assert sum(1 for t in asyncio.all_tasks() if t.get_name().startswith("user-")) == 0
 
 

@@ -64,11 +64,11 @@ async def test_users_that_exit_count_as_failed_runs(tmp_path: Path) -> None:
     controller = Controller([tmp_path], config)
     try:
         await controller.do("exits", 1, 3)
-        await until(lambda: controller.status()["users"]["failed_runs"] >= 6, controller.status)
+        await until(lambda: controller.status().users.failed_runs >= 6, controller.status)
     finally:
         final = await controller.stop()
         await controller.close()
-    assert final["users"]["failed_runs"] == 6
+    assert final.users.failed_runs == 6
 
 
 async def test_the_check_runs_in_a_child_with_a_time_limit(tmp_path: Path) -> None:
