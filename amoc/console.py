@@ -52,7 +52,7 @@ class ThreadStreams(io.TextIOBase):
         self._local = threading.local()
 
     def write(self, text: str) -> int:
-        target = getattr(self._local, "buffer", None)
+        target: io.StringIO | None = getattr(self._local, "buffer", None)
         if target is None:
             return self._fallback.write(text)
         return target.write(text)

@@ -195,7 +195,7 @@ def _check_contract(
 def _optional_callable(
     name: str, module: types.ModuleType, attr: str, arities: tuple[int, ...]
 ) -> Callable[..., Any] | None:
-    fn = getattr(module, attr, None)
+    fn: object = getattr(module, attr, None)
     if fn is None:
         return None
     if not callable(fn):

@@ -422,30 +422,13 @@ class BoshLink:
         self._tasks.append(loop.create_task(self._post(rid, body, terminate)))
 
     async def _post(self, rid: int, body: bytes, terminate: bool) -> None:
-        """One request and its answer; a connection the server had closed is tried again
-        once (the same rid: servers answer a repeated one, XEP-0124 §14.3)."""
+        """One request and its answer, handed to the client in rid order."""
         pool = self._pool
         timeout = pool.poll_timeout
         if terminate:
             timeout = aiohttp.ClientTimeout(total=self._settings.stop_timeout / 1000.0)
         try:
-            for attempt in (1, 2):
-                try:
-                    async with pool.session.post(
-                        self._url, data=body, timeout=timeout, server_hostname=pool.server_name
-                    ) as response:
-                        status, reason = response.status, response.reason
-                        data = await response.read()
-                    break
-                except aiohttp.ClientConnectorError:
-                    raise
-                except (
-                    aiohttp.ServerDisconnectedError,
-                    aiohttp.ClientOSError,
-                    ConnectionResetError,
-                ):
-                    if attempt == 2:
-                        raise
+            status, reason, data = await self._request(pool, body, timeout)
         except asyncio.CancelledError:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -460,31 +443,63 @@ class BoshLink:
         if self._busy and rid < self._rid - 1:  # released by a newer request, most likely
             pool.lagged(loop.time() - self._sent_at)
         if status != 200:
-            if status == 404:
-                why = "the server no longer knows the session, or the path is wrong"
-            else:
-                why = "the server refused the request"
-            self._broken(f"{self._url} answered HTTP {status} {reason or ''} ({why})")
+            self._refused(status, reason)
             return
-        if rid != self._next:  # an older request is still out: its answer comes first
-            early = self._early
-            if early is None:
-                early = self._early = {}
-            early[rid] = data
-        else:
-            self._answer(rid, data)
-            early = self._early
-            while early and self._state is not _CLOSED:
-                found = early.pop(self._next, None)
-                if found is None:
-                    break
-                self._answer(self._next, found)
-            if not early:
-                self._early = None
+        self._in_order(rid, data)
         # At the end of this turn: what the client writes on reading this answer (in its
         # tasks woken by it) goes with the next request, the poll.
         self._scheduled = True
         loop.call_soon(self._flush)
+
+    async def _request(
+        self, pool: Any, body: bytes, timeout: aiohttp.ClientTimeout
+    ) -> tuple[int, str | None, bytes]:
+        """POST `body`: status, reason, data. A connection the server had closed is tried
+        again once (the same rid: servers answer a repeated one, XEP-0124 §14.3)."""
+        for attempt in (1, 2):
+            try:
+                async with pool.session.post(
+                    self._url, data=body, timeout=timeout, server_hostname=pool.server_name
+                ) as response:
+                    status, reason = response.status, response.reason
+                    return status, reason, await response.read()
+            except aiohttp.ClientConnectorError:
+                raise
+            except (
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+                ConnectionResetError,
+            ):
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _refused(self, status: int, reason: str | None) -> None:
+        """An answer other than 200 ends the session, saying what it likely means."""
+        if status == 404:
+            why = "the server no longer knows the session, or the path is wrong"
+        else:
+            why = "the server refused the request"
+        self._broken(f"{self._url} answered HTTP {status} {reason or ''} ({why})")
+
+    def _in_order(self, rid: int, data: bytes) -> None:
+        """Answer `rid` to the client, and those that came early after it; keep it while
+        an older request is still out (its answer comes first)."""
+        if rid != self._next:
+            early = self._early
+            if early is None:
+                early = self._early = {}
+            early[rid] = data
+            return
+        self._answer(rid, data)
+        early = self._early
+        while early and self._state is not _CLOSED:
+            found = early.pop(self._next, None)
+            if found is None:
+                break
+            self._answer(self._next, found)
+        if not early:
+            self._early = None
 
     def _finished(self) -> None:
         """The request of the current task is over (answered or failed)."""

@@ -119,7 +119,8 @@ class Client(ClientBase):
         # Online, every stanza goes to amoc's router (as in the lean client), not slixmpp's.
         xmpp.add_filter("in", self._on_stanza)
         policy = s.subscription_requests
-        xmpp.roster.auto_authorize = {"accept": True, "refuse": False}.get(policy)
+        # None ("ignore") leaves a request unanswered: slixmpp reads it so, though it hints bool.
+        xmpp.roster.auto_authorize = {"accept": True, "refuse": False}.get(policy)  # type: ignore[assignment]
         xmpp.roster.auto_subscribe = False
         self.xmpp = xmpp
         xmpp.connect(s.host, s.port)
