@@ -356,14 +356,19 @@ class Master:
             )
 
     async def _source(self, name: str, settings: Mapping[str, Any]) -> str:
-        """The scenario's source, checked in a child process (its code never runs in the
-        master), its parameters declared, the settings' names verified."""
+        """The scenario's source, checked in a child process first, its parameters
+        declared, the settings' names verified."""
         path = scenario_mod.find(name, self.scenario_dirs)
         source = path.read_text()
         facts = await scenario_check.check(name, source, _digest(source))
         if not facts.loadable:
             raise ScenarioError(facts.problem or f"scenario {name!r} cannot load")
-        self.config.declare(facts.params())
+        # Checked, it is imported here (contained) once the run starts, so that its
+        # parameters' own verifications and update functions judge run-time changes.
+        loaded = await asyncio.get_running_loop().run_in_executor(
+            None, scenario_mod.load_source, name, source, path
+        )
+        self.config.declare(loaded.params)
         check_names(settings, self.config.known(), f"for scenario {name!r}")
         return source
 

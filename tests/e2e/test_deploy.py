@@ -235,7 +235,7 @@ def test_prepare_deploy_start_console_stop(site: Site) -> None:
     nodes = [f"s1@{s1}", f"s1@{s2}", f"s2@{s1}"]
     term = SshConsole(site)
     try:
-        assert "amoc console on node 'master'" in term.banner
+        assert "amoc console on cluster master 'master'" in term.banner
         seen = term.value('sorted((n["name"], n["host"], n["up"]) for n in nodes())')
         assert seen == [(nodes[0], s1, True), (nodes[1], s2, True), (nodes[2], s1, True)]
         out = term.run('amoc_dist.do("dummy", 1, 6)')

@@ -49,7 +49,7 @@ def test_one_to_one_through_the_console(release: Path, xmpp_server: XmppServer) 
         out = term.run(f'amoc_local.do("xmpp_one_to_one", {FIRST}, {FIRST + USERS - 1})')
         assert out.startswith("running xmpp_one_to_one"), out
         term.wait('status()["state"]', lambda s: s == "finished", timeout=90)
-        shown = term.value("metrics.show()")
+        shown = term.value("dict(metrics.show())")
         assert isinstance(shown, dict)
         assert shown["xmpp.logins.ok"] == USERS
         assert shown.get("xmpp.logins.failed", 0) == 0
