@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amoc.errors import ConfigError
+from amoc.errors import AmocError, ConfigError
 
 INFINITY = math.inf
 
@@ -425,6 +425,17 @@ class Config:
                 ) from None
         for listener in listeners:
             listener(key, value)
+
+    def take(self, values: Mapping[str, Any]) -> dict[str, str]:
+        """Set the run-time values another node sends (names it declares that this node may
+        not, hence not strict); name -> why, for each value refused (the rest are set)."""
+        refused = {}
+        for name, value in values.items():
+            try:
+                self.set(str(name), value, strict=False)
+            except AmocError as exc:
+                refused[str(name)] = str(exc)
+        return refused
 
     def unset(self, name: str) -> None:
         """Forget a run-time value."""

@@ -31,7 +31,7 @@ from amoc import coordinator, metrics, throttle, user_errors
 from amoc import scenario as scenario_mod
 from amoc.config import BUILTINS, Config, Param, amoc_config, non_negative_ms
 from amoc.errors import ConfigError, RunnerError, ScenarioError
-from amoc.status import Removal, RunStatus, UserCounts
+from amoc.status import Removal, RunStatus, UserCounts, check_count
 
 log = logging.getLogger("amoc.runner")
 user_log = logging.getLogger("amoc.user")
@@ -173,7 +173,7 @@ class Controller:
         if self.scenario is None or self.state not in (State.RUNNING, State.FINISHED):
             raise RunnerError("no scenario is running: start one with do(scenario, first, last)")
         if ids is None:
-            _check_count(count, "add")
+            check_count(count, "add")
             ids = range(self._next_id, self._next_id + count)
         new_ids = list(ids)
         _check_ids(new_ids)
@@ -194,7 +194,7 @@ class Controller:
             raise RunnerError("no scenario is running")
         alive = len(self._pending) + self._running
         if ids is None:
-            _check_count(count, "remove")
+            check_count(count, "remove")
             if count > alive:
                 raise RunnerError(f"cannot remove {count} users: only {alive} are running")
             chosen = self._newest(count)
@@ -616,11 +616,6 @@ def _check_ids(ids: Sequence[int]) -> None:
         raise RunnerError("user ids must be integers >= 1")
     if len(set(ids)) != len(ids):
         raise RunnerError("user ids must be distinct")
-
-
-def _check_count(count: int, verb: str) -> None:
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise RunnerError(f"{verb}: count must be an integer >= 1, got {count!r}")
 
 
 def _short(ids: Sequence[int]) -> str:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from amoc.errors import RunnerError
+
 
 @dataclass(frozen=True)
 class UserCounts:
@@ -175,6 +177,12 @@ class Runner(Protocol):
     def status(self) -> Status:
         """The run now (call it in the runner's event loop)."""
         ...
+
+
+def check_count(count: Any, verb: str) -> None:
+    """Refuse a count for `add` / `remove` that is not an integer >= 1 (any runner)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise RunnerError(f"{verb}: count must be an integer >= 1, got {count!r}")
 
 
 def _text_or_none(value: Any) -> str | None:

@@ -33,7 +33,14 @@ from amoc.cluster.registry import NodeInfo, NodeRegistry
 from amoc.cluster.wire import MasterWire, split_route
 from amoc.config import Config, check_names
 from amoc.errors import AmocError, RunnerError, ScenarioError
-from amoc.status import ClusterStatus, ClusterUsers, NodeCounts, NodeView, Removal
+from amoc.status import (
+    ClusterStatus,
+    ClusterUsers,
+    NodeCounts,
+    NodeView,
+    Removal,
+    check_count,
+)
 
 log = logging.getLogger("amoc.cluster.master")
 
@@ -275,11 +282,8 @@ class Master:
     def _take_config(self, values: Any) -> None:
         if not isinstance(values, dict):
             return
-        for name, value in values.items():
-            try:
-                self.config.set(str(name), value, strict=False)
-            except AmocError as exc:
-                log.warning("run-time config %s from the slaves refused: %s", name, exc)
+        for name, why in self.config.take(values).items():
+            log.warning("run-time config %s from the slaves refused: %s", name, why)
 
     # -- verbs --------------------------------------------------------------------------
 
@@ -375,7 +379,7 @@ class Master:
     async def add(self, count: int) -> ClusterStatus:
         """Start `count` more users with the next ids over the run's nodes."""
         plan = self._running()
-        _check_count(count, "add")
+        check_count(count, "add")
         targets = self._targets(plan)
         if not targets:
             raise AmocError("no node of this run is up: see nodes()")
@@ -388,7 +392,7 @@ class Master:
     async def remove(self, count: int, force: bool = False) -> Removal:
         """Remove the `count` newest users wherever they run; `force` kills them now."""
         plan = self._running()
-        _check_count(count, "remove")
+        check_count(count, "remove")
         up = self.registry.up()
         alive = sum(len(plan.desired.get(n, ())) for n in up)
         if count > alive:
@@ -556,11 +560,6 @@ def _check_range(first: Any, last: Any) -> None:
         raise RunnerError("first and last must be integers")
     if first < 1 or last < first:
         raise RunnerError(f"ids {first}..{last}: need 1 <= first <= last")
-
-
-def _check_count(count: Any, verb: str) -> None:
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise RunnerError(f"{verb}: count must be an integer >= 1, got {count!r}")
 
 
 def _digest(source: str) -> str:

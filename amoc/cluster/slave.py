@@ -425,11 +425,8 @@ class SlaveLink:
             return
         if not isinstance(values, dict):
             raise ProtocolError("config must be a map of name to value")
-        for name, value in values.items():
-            try:
-                self.config.set(str(name), value, strict=False)
-            except AmocError as exc:
-                log.warning("config %s from the master refused: %s", name, exc)
+        for name, why in self.config.take(values).items():
+            log.warning("config %s from the master refused: %s", name, why)
 
     def _scenario(self, name: str, source: str, digest: str) -> scenario_mod.Scenario:
         """The scenario the master runs: ours if its source hashes the same, else its copy."""

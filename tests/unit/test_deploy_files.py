@@ -4,7 +4,6 @@ in use, their reports), the bundle id."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import subprocess
@@ -12,25 +11,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
 
 from amoc.config import load_app_config
+from tests.unit.files import ROLE, ROOT, load_file
 
 pytestmark = pytest.mark.unit
-
-ROOT = Path(__file__).resolve().parents[2]
-ROLE = ROOT / "ansible" / "roles" / "amoc"
-
-
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_app_config_template_is_toml_that_amoc_reads_back(tmp_path: Path) -> None:
@@ -126,7 +114,7 @@ def _node(home: Path, install: str, name: str, release: Path) -> Iterator[int]:
 def test_prune_keeps_the_current_the_running_and_the_newest_complete_releases(
     tmp_path: Path,
 ) -> None:
-    releases = _load(ROLE / "files" / "releases.py")
+    releases = load_file(ROLE / "files" / "releases.py")
     now = time.time()
     running = _release(tmp_path, "amoc_master-aaaaaaaaaaaa-000000000001", now - 50)
     _release(tmp_path, "amoc_master-aaaaaaaaaaaa-000000000002", now - 40)
@@ -169,7 +157,7 @@ def test_prune_keeps_the_current_the_running_and_the_newest_complete_releases(
 
 
 def test_a_failed_deploy_discards_its_releases_but_never_one_in_use(tmp_path: Path) -> None:
-    releases = _load(ROLE / "files" / "releases.py")
+    releases = load_file(ROLE / "files" / "releases.py")
     current = _release(tmp_path, "amoc-aaaaaaaaaaaa-000000000001", 1.0)
     running = _release(tmp_path, "amoc-aaaaaaaaaaaa-000000000002", 2.0)
     new = _release(tmp_path, "amoc-bbbbbbbbbbbb-000000000003", None)
@@ -185,7 +173,7 @@ def test_a_failed_deploy_discards_its_releases_but_never_one_in_use(tmp_path: Pa
 
 
 def test_a_release_links_its_reports_outside_itself(tmp_path: Path) -> None:
-    make_release = _load(ROLE / "files" / "make_release.py")
+    make_release = load_file(ROLE / "files" / "make_release.py")
     release, bundle = tmp_path / "releases" / "amoc-1", tmp_path / "releases" / "bundle-1"
     make_release.main(release, bundle, tmp_path / "var" / "amoc", tmp_path / "amoc_reports")
     assert os.readlink(release / "reports") == str(tmp_path / "amoc_reports")
@@ -194,7 +182,7 @@ def test_a_release_links_its_reports_outside_itself(tmp_path: Path) -> None:
 
 
 def test_the_bundle_id_follows_the_sources(tmp_path: Path) -> None:
-    bundle = _load(ROOT / "tools" / "bundle.py")
+    bundle = load_file(ROOT / "tools" / "bundle.py")
     for path in ("amoc/__init__.py", "scenarios/dummy.py", "scenarios/requirements.txt"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("x = 1\n")

@@ -4,28 +4,16 @@ group_vars/amoc, the inventory's variables and scenario_params."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from amoc import catalog
 from amoc.config import Config, ConfigError, check_names, closest, unknown_name
+from tests.unit.files import ROLE, ROOT, load_file
 
 pytestmark = pytest.mark.unit
-
-ROOT = Path(__file__).resolve().parents[2]
-ROLE = ROOT / "ansible" / "roles" / "amoc"
-
-
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_closest_name_is_suggested() -> None:
@@ -102,7 +90,7 @@ def _inventory(
 
 
 def test_the_deploy_refuses_unknown_names_where_they_are_set(tmp_path: Path) -> None:
-    check = _load(ROLE / "files" / "check_settings.py")
+    check = load_file(ROLE / "files" / "check_settings.py")
     (tmp_path / "group_vars").mkdir()
     (tmp_path / "group_vars" / "amoc").write_text(
         "interarival: 30\nxmpp_tls: starttls\namoc_user: amoc\n"
@@ -135,14 +123,14 @@ def test_the_deploy_refuses_unknown_names_where_they_are_set(tmp_path: Path) -> 
 
 
 def test_the_role_defaults_and_ansible_names_are_known() -> None:
-    check = _load(ROLE / "files" / "check_settings.py")
+    check = load_file(ROLE / "files" / "check_settings.py")
     names = check.deploy_names(ROLE)
     assert {"interarrival", "scenario_params", "cluster_port", "amoc_user"} <= names
     assert {"amoc_keep_releases", "amoc_slave_nodes", "amoc_capacity"} <= names
 
 
 def test_an_inventory_without_group_vars_is_refused(tmp_path: Path) -> None:
-    check = _load(ROLE / "files" / "check_settings.py")
+    check = load_file(ROLE / "files" / "check_settings.py")
     inventory = tmp_path / "hosts"
     inventory.write_text("[amoc_master]\nm\n")
     problem = check.missing_group_vars(inventory)
@@ -177,7 +165,7 @@ async def test_a_runs_settings_name_the_closest_declared_one(tmp_path: Path) -> 
 def test_the_deploy_keeps_the_catalog_until_a_source_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    check = _load(ROLE / "files" / "check_settings.py")
+    check = load_file(ROLE / "files" / "check_settings.py")
     scenarios = tmp_path / "scenarios"
     scenarios.mkdir()
     (scenarios / "mine.py").write_text(

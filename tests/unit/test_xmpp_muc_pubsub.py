@@ -4,10 +4,7 @@ xmpp_muc and xmpp_pubsub scenarios: room layout, parameters, group messages."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -20,10 +17,10 @@ from amoc.xmpp import muc, pred, pubsub, stamp
 from amoc.xmpp.base import State
 from amoc.xmpp.parser import Element
 from amoc.xmpp.router import to_element
+from tests.unit.files import ROOT, load_file
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
 ROOM = "room1@conference.localhost"
 ME = "user_1@localhost/amoc"
 MUC_USER = "http://jabber.org/protocol/muc#user"
@@ -417,14 +414,7 @@ def test_publish_subscribe_and_delete_go_through_timed_iq_requests() -> None:
 
 
 def load_scenario(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        f"_test_{name}", ROOT / "scenarios" / f"{name}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_file(ROOT / "scenarios" / f"{name}.py", f"_test_{name}")
 
 
 @pytest.mark.parametrize(("per_room", "per_user"), [(1, 1), (10, 1), (10, 2), (5, 3), (4, 4)])
