@@ -578,31 +578,13 @@ def parent(args: argparse.Namespace) -> None:
     if not args.no_server:
         server(args, "install")
     api: Api | None = None
-    lines: list[str] = []
     try:
         if not args.no_server:
-            server(args, "start", "--no-mam")  # as the figures in RESULTS.md
-            for users in args.users:
-                for c in clients:
-                    extra = ["--user-prefix", prefix(c, users)]
-                    extra += ["--password-prefix", PASSWORD_PREFIX]
-                    server(args, "register", "--first", "1", "--last", str(users), *extra)
+            provision(args, clients)
         api = Api(args.http_port, server_pid(args))
         print(HEADER, flush=True)
         for users in args.users:
-            interval_s = users / args.rate
-            ref: dict[str, float] | None = None
-            for c in clients:
-                wait_empty(api)
-                run = run_tsung(args, users, api, work) if c == "tsung" else None
-                if run is None:
-                    run = run_amoc(args, c, users, api)
-                fig = figures(run, interval_s, args.messages, args.rate)
-                if c == "tsung":
-                    ref = fig
-                line = row(run, fig, ref if c != "tsung" else None)
-                lines.append(line)
-                print(line, flush=True)
+            measure(args, clients, users, api, work)
     finally:
         if api is not None:
             api.conn.close()
@@ -613,6 +595,30 @@ def parent(args: argparse.Namespace) -> None:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"runs kept in {work}")
+
+
+def provision(args: argparse.Namespace, clients: list[str]) -> None:
+    """Start the server and register every client's users at every N."""
+    server(args, "start", "--no-mam")  # as the figures in RESULTS.md
+    for users in args.users:
+        for c in clients:
+            extra = ["--user-prefix", prefix(c, users), "--password-prefix", PASSWORD_PREFIX]
+            server(args, "register", "--first", "1", "--last", str(users), *extra)
+
+
+def measure(args: argparse.Namespace, clients: list[str], users: int, api: Api, work: Path) -> None:
+    """One row per client at `users`; ratios against Tsung's row when it came first."""
+    interval_s = users / args.rate
+    ref: dict[str, float] | None = None
+    for c in clients:
+        wait_empty(api)
+        run = run_tsung(args, users, api, work) if c == "tsung" else None
+        if run is None:
+            run = run_amoc(args, c, users, api)
+        fig = figures(run, interval_s, args.messages, args.rate)
+        if c == "tsung":
+            ref = fig
+        print(row(run, fig, ref if c != "tsung" else None), flush=True)
 
 
 def main() -> None:

@@ -111,46 +111,17 @@ def _paired(_event: str) -> None:
 async def start(user_id: int) -> None:
     """One run of `user_id`: pair, subscribe both ways, fan out presence, clean up."""
     updates = amoc_config.get("presence_updates")
-    interval = amoc_config.get("presence_interval") / 1000.0
     contact = Contact(expected=updates)
     # The contact's request is answered below, explicitly, and nobody else's.
     client = await xmpp.connect(user_id, subscription_requests="ignore")
-
-    def on_presence(e: Element) -> bool | None:
-        sender = pred.bare(e.attrs.get("from", ""))
-        kind = e.attrs.get("type")
-        if kind == "subscribe":
-            if sender == contact.jid:
-                _approve(client, contact)
-            else:
-                contact.requests.add(sender)
-            return True
-        if kind is None and sender == contact.jid and contact.jid:
-            status = e.findtext(f"{xmpp.stanza.CLIENT_NS} status")
-            if status.startswith(STATUS) and status[len(STATUS) :].isdigit():
-                number = int(status[len(STATUS) :])
-                if number not in contact.updates and 1 <= number <= contact.expected:
-                    contact.updates.add(number)
-                    metrics.counter("presence_roster.updates_received").inc()
-                    if len(contact.updates) >= contact.expected:
-                        contact.complete.set()
-        return None
-
-    client.add_handler(pred.presence(), on_presence)
+    client.add_handler(pred.presence(), lambda e: _on_presence(client, contact, e))
     try:
         await client.send_presence()
-        leftovers = await roster.get(client)
-        for item in leftovers:
-            await roster.remove(client, item.jid)
-        if len(leftovers):
-            metrics.counter("presence_roster.leftovers").inc(len(leftovers))
-        batch = await coordinator.add(COORDINATOR, user_id, data=client.jid)
-        others = [data for uid, data in batch if uid != user_id]
-        if not others:
-            metrics.counter("presence_roster.unpaired").inc()
-            log.warning("user %d: no partner within pair_timeout", user_id)
+        await _clear_roster(client)
+        partner = await _partner(user_id, client)
+        if partner is None:
             return
-        contact.jid = others[0]
+        contact.jid = partner
         try:
             await _subscribe_both_ways(client, contact)
         except (xmpp.ReceiveTimeout, roster.SubscriptionRefused) as exc:
@@ -160,31 +131,86 @@ async def start(user_id: int) -> None:
         metrics.counter("presence_roster.subscribed").inc()
         if updates == 0:
             contact.complete.set()
-        loop = asyncio.get_running_loop()
-        began = loop.time() + interval * random.random()
-        for i in range(1, updates + 1):
-            delay = began + i * interval - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            roster.presence(client, status=f"{STATUS}{i}", stamped=True)
-            metrics.counter("presence_roster.updates_sent").inc()
-        try:
-            async with asyncio.timeout(amoc_config.get("receive_timeout") / 1000.0):
-                await contact.complete.wait()
-        except TimeoutError:
-            missing = contact.expected - len(contact.updates)
-            metrics.counter("presence_roster.incomplete").inc()
-            metrics.counter("presence_roster.updates_missing").inc(missing)
-            log.warning(
-                "user %d: got %d of the %d updates of %s",
-                user_id,
-                len(contact.updates),
-                contact.expected,
-                contact.jid,
-            )
+        await _send_updates(client, updates)
+        await _wait_for_updates(user_id, contact)
         await roster.remove(client, contact.jid)
     finally:
         await client.stop()
+
+
+def _on_presence(client: xmpp.Session, contact: Contact, e: Element) -> bool | None:
+    """Subscription requests (the contact's approved, others noted) and its updates."""
+    sender = pred.bare(e.attrs.get("from", ""))
+    kind = e.attrs.get("type")
+    if kind == "subscribe":
+        if sender == contact.jid:
+            _approve(client, contact)
+        else:
+            contact.requests.add(sender)
+        return True
+    if kind is None and sender == contact.jid and contact.jid:
+        status = e.findtext(f"{xmpp.stanza.CLIENT_NS} status")
+        if status.startswith(STATUS) and status[len(STATUS) :].isdigit():
+            _count_update(contact, int(status[len(STATUS) :]))
+    return None
+
+
+def _count_update(contact: Contact, number: int) -> None:
+    if number not in contact.updates and 1 <= number <= contact.expected:
+        contact.updates.add(number)
+        metrics.counter("presence_roster.updates_received").inc()
+        if len(contact.updates) >= contact.expected:
+            contact.complete.set()
+
+
+async def _clear_roster(client: xmpp.Session) -> None:
+    """Contacts left over from an earlier run (one that was stopped) go first."""
+    leftovers = await roster.get(client)
+    for item in leftovers:
+        await roster.remove(client, item.jid)
+    if len(leftovers):
+        metrics.counter("presence_roster.leftovers").inc(len(leftovers))
+
+
+async def _partner(user_id: int, client: xmpp.Session) -> str | None:
+    """The JID the coordinator pairs this user with (None: no partner in time)."""
+    batch = await coordinator.add(COORDINATOR, user_id, data=client.jid)
+    others = [data for uid, data in batch if uid != user_id]
+    if not others:
+        metrics.counter("presence_roster.unpaired").inc()
+        log.warning("user %d: no partner within pair_timeout", user_id)
+        return None
+    return str(others[0])
+
+
+async def _send_updates(client: xmpp.Session, updates: int) -> None:
+    """`updates` presence changes, presence_interval apart, from a random offset."""
+    interval = amoc_config.get("presence_interval") / 1000.0
+    loop = asyncio.get_running_loop()
+    began = loop.time() + interval * random.random()
+    for i in range(1, updates + 1):
+        delay = began + i * interval - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        roster.presence(client, status=f"{STATUS}{i}", stamped=True)
+        metrics.counter("presence_roster.updates_sent").inc()
+
+
+async def _wait_for_updates(user_id: int, contact: Contact) -> None:
+    try:
+        async with asyncio.timeout(amoc_config.get("receive_timeout") / 1000.0):
+            await contact.complete.wait()
+    except TimeoutError:
+        missing = contact.expected - len(contact.updates)
+        metrics.counter("presence_roster.incomplete").inc()
+        metrics.counter("presence_roster.updates_missing").inc(missing)
+        log.warning(
+            "user %d: got %d of the %d updates of %s",
+            user_id,
+            len(contact.updates),
+            contact.expected,
+            contact.jid,
+        )
 
 
 def _approve(client: xmpp.Session, contact: Contact) -> None:

@@ -221,7 +221,6 @@ async def _again(what: Callable[[], Awaitable[None]], done_if: tuple[str, ...] =
 
 
 async def _publish(client: xmpp.Session, node: str, subscribers: list[str]) -> None:
-    loop = asyncio.get_running_loop()
     service = _service_of(client)
     heard: dict[str, set[str]] = {SUBSCRIBED: set(), DONE: set()}
     tally = Tally(client)
@@ -240,18 +239,7 @@ async def _publish(client: xmpp.Session, node: str, subscribers: list[str]) -> N
     # ejabberd sends a PEP publisher its own items too: keep them out of the buffer.
     own = pubsub.Items(client, pred.bare(client.jid), node) if service is None else None
     try:
-        config = {"pubsub#access_model": "open"} if service is None else None
-        # PEP subscribers address the publisher's bare JID; they learn the node from us.
-        where = service or pred.bare(client.jid)
-        try:
-            await _again(lambda: pubsub.create_node(client, service, node, config))
-        except BaseException:
-            if client.connected:  # the subscribers need not wait for a node that never comes
-                for jid in subscribers:
-                    client.send(signal(jid, FAILED, node, where))
-            raise
-        for jid in subscribers:
-            client.send(signal(jid, READY, node, where))
+        await _create(client, service, node, subscribers)
         try:
             await tally.until(
                 lambda: len(heard[SUBSCRIBED]) >= len(subscribers),
@@ -267,14 +255,7 @@ async def _publish(client: xmpp.Session, node: str, subscribers: list[str]) -> N
                 len(subscribers),
                 node,
             )
-        count = amoc_config.get("items_per_publisher")
-        interval = amoc_config.get("publish_interval") / 1000.0
-        began = loop.time()
-        for i in range(count):
-            delay = began + i * interval - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await pubsub.publish(client, service, node)
+        await _publish_items(client, service, node)
         try:
             await tally.until(
                 lambda: len(heard[DONE]) >= len(heard[SUBSCRIBED]),
@@ -283,24 +264,59 @@ async def _publish(client: xmpp.Session, node: str, subscribers: list[str]) -> N
             )
         except xmpp.ReceiveTimeout:
             log.warning("%s: not every subscriber of %s is done; deleting it", client.jid, node)
-        try:
-            earlier = await _again(
-                lambda: pubsub.delete_node(client, service, node),
-                done_if=("forbidden", "item-not-found"),
-            )
-        except xmpp.IqError as exc:
-            # Cleanup, after every item was delivered: ejabberd 23.01 sometimes refuses the
-            # owner's delete under load (forbidden, mnesia lock cycles). Counted, not a
-            # failed run: the load test's figures are whole.
-            metrics.counter("pubsub.cleanup_refused").inc()
-            log.warning("%s: node %s was not deleted: %s", client.jid, node, exc)
-        else:
-            if earlier:  # deleted by the attempt the server reported as failed
-                metrics.counter("xmpp.pubsub.nodes.deleted").inc()
+        await _delete(client, service, node)
     finally:
         client.remove_handler(listening)
         if own is not None:
             own.close()
+
+
+async def _create(
+    client: xmpp.Session, service: str | None, node: str, subscribers: list[str]
+) -> None:
+    """Create the node and tell the subscribers where it is (or that it never came)."""
+    config = {"pubsub#access_model": "open"} if service is None else None
+    # PEP subscribers address the publisher's bare JID; they learn the node from us.
+    where = service or pred.bare(client.jid)
+    try:
+        await _again(lambda: pubsub.create_node(client, service, node, config))
+    except BaseException:
+        if client.connected:  # the subscribers need not wait for a node that never comes
+            for jid in subscribers:
+                client.send(signal(jid, FAILED, node, where))
+        raise
+    for jid in subscribers:
+        client.send(signal(jid, READY, node, where))
+
+
+async def _publish_items(client: xmpp.Session, service: str | None, node: str) -> None:
+    """items_per_publisher items, publish_interval apart."""
+    loop = asyncio.get_running_loop()
+    count = amoc_config.get("items_per_publisher")
+    interval = amoc_config.get("publish_interval") / 1000.0
+    began = loop.time()
+    for i in range(count):
+        delay = began + i * interval - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await pubsub.publish(client, service, node)
+
+
+async def _delete(client: xmpp.Session, service: str | None, node: str) -> None:
+    try:
+        earlier = await _again(
+            lambda: pubsub.delete_node(client, service, node),
+            done_if=("forbidden", "item-not-found"),
+        )
+    except xmpp.IqError as exc:
+        # Cleanup, after every item was delivered: ejabberd 23.01 sometimes refuses the
+        # owner's delete under load (forbidden, mnesia lock cycles). Counted, not a
+        # failed run: the load test's figures are whole.
+        metrics.counter("pubsub.cleanup_refused").inc()
+        log.warning("%s: node %s was not deleted: %s", client.jid, node, exc)
+    else:
+        if earlier:  # deleted by the attempt the server reported as failed
+            metrics.counter("xmpp.pubsub.nodes.deleted").inc()
 
 
 async def _subscribe(client: xmpp.Session, publisher: str) -> None:

@@ -401,52 +401,58 @@ class LeanClient(ClientBase, asyncio.Protocol):
                 return self._fail_login(Reason.AUTH, f"malformed base64 in SASL {_local(tag)}")
         try:
             if tag == _CHALLENGE:
-                if self._scram is None:
-                    raise scram.ScramError("a challenge to PLAIN")
-                if self._scram.answered:  # the final message came as a challenge
-                    self._scram.verify(data)
-                    self._write(f"<response xmlns='{_SASL}'/>".encode())
-                else:
-                    key = self._scram.salt_needed(data) if scram.OFF_LOOP else None
-                    if key is not None:  # a PBKDF2 of thousands of rounds: not in the loop
-                        work = asyncio.get_running_loop().run_in_executor(
-                            None, scram.salted_password, *key
-                        )
-                        work.add_done_callback(functools.partial(self._salted, data))
-                        return None
-                    self._send_final(data)
-                return None
+                return self._sasl_challenge(data)
             if tag == _SUCCESS:
-                if self._scram is not None and data:
-                    self._scram.verify(data)
-                elif self._scram is not None and not self._scram.verified:
-                    raise scram.ScramError("success without the server's signature")
-                # RFC 6120 §6.4.6: a new stream on the same connection.
-                assert self._parser is not None
-                self._parser.restart()
-                self._write(_header(self.settings.domain))
-                self._step = LeanClient._bind_features
-                return None
+                return self._sasl_success(data)
         except scram.ScramError as exc:
             return self._fail_login(Reason.AUTH, f"{self._scram_name()} failed: {exc}")
         if tag == _FAILURE:
-            condition, text = _condition(answer, _SASL)
-            why = f"{condition} ({text})" if text else condition
-            mech = self._scram_name()
-            if self._scram is not None and not self._scram.answered:
-                # Refused before the proof: the server found no such account (Prosody
-                # does that; ejabberd answers every unknown user with a fake salt).
-                return self._fail_login(
-                    Reason.UNKNOWN_USER,
-                    f"the server refused {mech} for {self.username} before any proof: {why} "
-                    "(the user is not registered)",
-                )
-            hint = "wrong password" if self._scram is not None else "wrong password, or the "
-            hint += "" if self._scram is not None else "user is not registered"
-            return self._fail_login(
-                Reason.AUTH, f"the server refused {mech} authentication: {why} ({hint})"
-            )
+            return self._sasl_failure(answer)
         return self._unexpected(answer)
+
+    def _sasl_challenge(self, data: bytes) -> None:
+        if self._scram is None:
+            raise scram.ScramError("a challenge to PLAIN")
+        if self._scram.answered:  # the final message came as a challenge
+            self._scram.verify(data)
+            self._write(f"<response xmlns='{_SASL}'/>".encode())
+            return
+        key = self._scram.salt_needed(data) if scram.OFF_LOOP else None
+        if key is None:
+            self._send_final(data)
+            return
+        # A PBKDF2 of thousands of rounds: not in the loop.
+        work = asyncio.get_running_loop().run_in_executor(None, scram.salted_password, *key)
+        work.add_done_callback(functools.partial(self._salted, data))
+
+    def _sasl_success(self, data: bytes) -> None:
+        if self._scram is not None and data:
+            self._scram.verify(data)
+        elif self._scram is not None and not self._scram.verified:
+            raise scram.ScramError("success without the server's signature")
+        # RFC 6120 §6.4.6: a new stream on the same connection.
+        assert self._parser is not None
+        self._parser.restart()
+        self._write(_header(self.settings.domain))
+        self._step = LeanClient._bind_features
+
+    def _sasl_failure(self, answer: Element) -> None:
+        condition, text = _condition(answer, _SASL)
+        why = f"{condition} ({text})" if text else condition
+        mech = self._scram_name()
+        if self._scram is not None and not self._scram.answered:
+            # Refused before the proof: the server found no such account (Prosody
+            # does that; ejabberd answers every unknown user with a fake salt).
+            return self._fail_login(
+                Reason.UNKNOWN_USER,
+                f"the server refused {mech} for {self.username} before any proof: {why} "
+                "(the user is not registered)",
+            )
+        hint = "wrong password" if self._scram is not None else "wrong password, or the "
+        hint += "" if self._scram is not None else "user is not registered"
+        return self._fail_login(
+            Reason.AUTH, f"the server refused {mech} authentication: {why} ({hint})"
+        )
 
     def _send_final(self, server_first: bytes) -> None:
         assert self._scram is not None

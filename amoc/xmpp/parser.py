@@ -327,16 +327,7 @@ class StreamParser:
             if data.strip():
                 self._fail(XmlError("the peer sent data after closing its stream"))
             return
-        x = self._own
-        if x is None:
-            key = self._key
-            if key is None:
-                x = _Expat(self)
-            else:
-                idle = _pool.get(key)
-                x = idle.pop() if idle else _Expat.primed(key)
-                x.sink = self
-            self._own = x
+        x = self._own or self._take_parser()
         try:
             x.fed += len(data)
             x.parser.Parse(data, False)
@@ -358,17 +349,33 @@ class StreamParser:
         if x.stop_at == _PENDING:  # restart asked, and nothing followed in this read
             self._restarted(x, data, x.parser.CurrentByteIndex)
         elif x.depth == 1 and x.parser.CurrentByteIndex == x.fed and x.key is not None:
-            # Between stanzas, nothing pending: the parser goes back to the pool.
-            self._own = None
-            key = self._key = x.key
-            x.sink = None
+            self._give_back(x)  # between stanzas, nothing pending
+
+    def _take_parser(self) -> _Expat:
+        """A parser for this read: a new one for a new stream, else one from the pool."""
+        key = self._key
+        if key is None:
+            x = _Expat(self)
+        else:
             idle = _pool.get(key)
-            if idle is None:
-                _pool[key] = [x]
-            elif len(idle) < POOL_SIZE:
-                idle.append(x)
-            else:
-                x.dispose()
+            x = idle.pop() if idle else _Expat.primed(key)
+            x.sink = self
+        self._own = x
+        return x
+
+    def _give_back(self, x: _Expat) -> None:
+        """The parser goes back to the pool of its namespaces (or away, if it is full)."""
+        self._own = None
+        key = self._key = x.key
+        assert key is not None
+        x.sink = None
+        idle = _pool.get(key)
+        if idle is None:
+            _pool[key] = [x]
+        elif len(idle) < POOL_SIZE:
+            idle.append(x)
+        else:
+            x.dispose()
 
     def restart(self) -> None:
         """The stream restarts (RFC 6120 §4.3.3): what follows is a new stream header.

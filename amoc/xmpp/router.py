@@ -311,9 +311,7 @@ class Router(Inbox):
                 event = child
         if kind == "groupchat":
             if body is not None:
-                metrics.counter("xmpp.muc.messages.received").inc()
-                if sent_us is not None and not delayed:
-                    metrics.histogram("xmpp.muc.ttd_ms").record(stamp.ttd_ms(sent_us, received_us))
+                self._count_groupchat(sent_us, received_us, delayed)
             self._offer(element)
             return
         if event is not None:
@@ -327,6 +325,12 @@ class Router(Inbox):
         if (self._handlers or self._watchers) and self._offer(element, keep=False):
             return
         self._keep(attrs.get("from", ""), body.text, sent_us, ttd, delayed)
+
+    @staticmethod
+    def _count_groupchat(sent_us: int | None, received_us: int, delayed: bool) -> None:
+        metrics.counter("xmpp.muc.messages.received").inc()
+        if sent_us is not None and not delayed:  # history replayed on join is not timed
+            metrics.histogram("xmpp.muc.ttd_ms").record(stamp.ttd_ms(sent_us, received_us))
 
     def _count_items(self, event: Element, received_us: int, delayed: bool) -> None:
         for items in event.children:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from typing import Any, Protocol
 from xml.sax.saxutils import quoteattr
 
@@ -122,40 +123,57 @@ class WebSocketLink(asyncio.Protocol):
             transport.abort()
 
     def _event(self, event: Any, ws: WSConnection, transport: asyncio.Transport) -> None:
-        if isinstance(event, TextMessage):
-            if not event.message_finished:
-                self._text = [*(self._text or ()), event.data]
-                return
-            text = "".join((*self._text, event.data)) if self._text else event.data
-            self._text = None
-            self._incoming(text)
-        elif isinstance(event, AcceptConnection):
-            if event.subprotocol != SUBPROTOCOL:
-                self._client._link_refused(
-                    f"the server did not accept the {SUBPROTOCOL!r} WebSocket subprotocol"
-                )
-                transport.abort()
-                return
-            self._client.connection_made(self)
-        elif isinstance(event, RejectConnection):
+        handler = _EVENTS.get(type(event))
+        if handler is not None:  # Pong, BytesMessage: nothing to do
+            handler(self, event, ws, transport)
+
+    def _on_text(self, event: TextMessage, _ws: WSConnection, _t: asyncio.Transport) -> None:
+        if not event.message_finished:
+            self._text = [*(self._text or ()), event.data]
+            return
+        text = "".join((*self._text, event.data)) if self._text else event.data
+        self._text = None
+        self._incoming(text)
+
+    def _on_accept(
+        self, event: AcceptConnection, _ws: WSConnection, transport: asyncio.Transport
+    ) -> None:
+        if event.subprotocol != SUBPROTOCOL:
             self._client._link_refused(
-                f"the server refused the WebSocket upgrade of {self._path} "
-                f"(HTTP {event.status_code}): is it the server's WebSocket path?"
+                f"the server did not accept the {SUBPROTOCOL!r} WebSocket subprotocol"
             )
-            if not event.has_body:
-                transport.close()
-        elif isinstance(event, RejectData):
-            if event.body_finished:
-                transport.close()
-        elif isinstance(event, Ping):
-            transport.write(ws.send(event.response()))
-        elif isinstance(event, CloseConnection):
-            if not self._closed:
-                self._closed = True
-                self._client.data_received(_CLOSE_STREAM)
-            if ws.state.name not in ("CLOSED", "LOCAL_CLOSING"):
-                transport.write(ws.send(event.response()))
+            transport.abort()
+            return
+        self._client.connection_made(self)
+
+    def _on_reject(
+        self, event: RejectConnection, _ws: WSConnection, transport: asyncio.Transport
+    ) -> None:
+        self._client._link_refused(
+            f"the server refused the WebSocket upgrade of {self._path} "
+            f"(HTTP {event.status_code}): is it the server's WebSocket path?"
+        )
+        if not event.has_body:
             transport.close()
+
+    def _on_reject_data(
+        self, event: RejectData, _ws: WSConnection, transport: asyncio.Transport
+    ) -> None:
+        if event.body_finished:
+            transport.close()
+
+    def _on_ping(self, event: Ping, ws: WSConnection, transport: asyncio.Transport) -> None:
+        transport.write(ws.send(event.response()))
+
+    def _on_close(
+        self, event: CloseConnection, ws: WSConnection, transport: asyncio.Transport
+    ) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client.data_received(_CLOSE_STREAM)
+        if ws.state.name not in ("CLOSED", "LOCAL_CLOSING"):
+            transport.write(ws.send(event.response()))
+        transport.close()
 
     def _incoming(self, text: str) -> None:
         head = text.lstrip()[:6]
@@ -217,3 +235,14 @@ class WebSocketLink(asyncio.Protocol):
         if self._transport is None:
             return default
         return self._transport.get_extra_info(name, default)
+
+
+# The wsproto events a link acts on, by type (the others, Pong and bytes, need nothing).
+_EVENTS: dict[type, Callable[[WebSocketLink, Any, WSConnection, asyncio.Transport], None]] = {
+    TextMessage: WebSocketLink._on_text,
+    AcceptConnection: WebSocketLink._on_accept,
+    RejectConnection: WebSocketLink._on_reject,
+    RejectData: WebSocketLink._on_reject_data,
+    Ping: WebSocketLink._on_ping,
+    CloseConnection: WebSocketLink._on_close,
+}
