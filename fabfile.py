@@ -6,6 +6,8 @@
     fab status              each host's nodes, their users, and who runs an older release
     fab logs [--lines 40] [--follow]
     fab reports             the master's reports into reports/ beside the inventory
+    fab run --scenario S --users N --duration D [--thresholds 'C; C'] [--settings 'K=V ...']
+                            a headless run on the cluster (the master's bin/amoc run)
     fab console             the master's console over ssh (Ctrl+D detaches)
 
 The hosts come from the Ansible inventory AMOC_INVENTORY (default `hosts`, with the
@@ -21,8 +23,10 @@ and exit status 1 when any host failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -36,7 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fabric import Connection, task
-from invoke.exceptions import Exit
+from invoke.exceptions import CommandTimedOut, Exit
 from paramiko import RejectPolicy
 
 HERE = Path(__file__).resolve().parent
@@ -432,12 +436,210 @@ def restart(c: Any) -> None:
     # source and config. The other way round, restarted slaves would rejoin the old master,
     # which would ship them its (old) scenario source and run-time config for their users.
     cluster = load_cluster()
+    before = _cluster_view(cluster.master)
     stopped = _stopper(MASTER)(cluster.master)
     (master,) = _merge([stopped], [_start_master(cluster.master)] if stopped.ok else [])
+    if master.ok and before is not None:
+        # The slaves stop only once the new master holds what the old one did: every node
+        # back, and the run they carry adopted. Else the run would end with them.
+        taken = _taken_over(cluster.master, *before)
+        master.ok, master.text = master.ok and taken.ok, f"{master.text}; {taken.text}"
     slaves = parallel(cluster.slaves, _stopper(SLAVES))
     reachable = Cluster(cluster.master, [o.host for o in slaves if o.ok], cluster.inventory)
     started = _start(reachable, master) if reachable.slaves else [master]
     summary("restart", _merge(started[:1], slaves, started[1:]))
+
+
+RUN_MARGIN = 180.0  # s a headless run may take beyond its duration (slaves, stop, report)
+
+
+def _master_status(master: Host) -> dict[str, Any] | None:
+    """The master daemon's cluster status (None: it does not run)."""
+    code, out = master.run(f"~/{MASTER}/bin/amoc --name master status --json")
+    if code == 3:
+        return None
+    if code != 0:
+        raise HostError(f"the master does not answer: {out}")
+    return dict(json.loads(out).get("cluster") or {})
+
+
+def _headless_command(scenario: str, users: int, duration: float, options: dict[str, Any]) -> str:
+    """bin/amoc run on the master, with the task's options."""
+    words = [f"~/{MASTER}/bin/amoc", "--name", "master", "run", shlex.quote(scenario)]
+    words += ["--users", str(int(users)), "--duration", repr(float(duration))]
+    words += ["--slaves", str(options["slaves"])]
+    if options.get("first"):
+        words += ["--first", str(int(options["first"]))]
+    if options.get("rate"):
+        words += ["--rate", repr(float(options["rate"]))]
+    if options.get("comment"):
+        words += ["--comment", shlex.quote(options["comment"])]
+    for condition in re.split(r"[;,]", options.get("thresholds") or ""):
+        if condition.strip():
+            words += ["--threshold", shlex.quote(condition.strip())]
+    for setting in shlex.split(options.get("settings") or ""):
+        words += ["--set", shlex.quote(setting)]
+    return f"cd ~ && {_RAISE_NOFILE} && exec " + " ".join(words)
+
+
+def _stream(host: Host, command: str, timeout: float) -> int:
+    """Run `command` on `host` with a terminal (Ctrl+C reaches it), its lines printed as they
+    come; its exit code."""
+
+    class Prefixed:
+        def __init__(self) -> None:
+            self.pending = ""
+
+        def write(self, text: str) -> None:
+            *lines, self.pending = (self.pending + text.replace("\r", "")).split("\n")
+            for line in lines:
+                _say(host, line)
+
+        def flush(self) -> None:
+            pass
+
+    out = Prefixed()
+    try:
+        with host.connect() as conn:
+            done = conn.run(command, out_stream=out, pty=True, warn=True, timeout=timeout)
+    except CommandTimedOut:
+        # Leaving closes its terminal: the hangup stops it, and it writes its report.
+        _say(host, f"the run did not end within {timeout:g} s: hung up on it")
+        return 2
+    except Exit:
+        raise
+    except Exception as exc:  # paramiko and socket errors have no common base
+        raise HostError(host.unreachable(exc)) from None
+    if out.pending:
+        _say(host, out.pending)
+    return int(done.exited)
+
+
+ACTIVE = ("running", "starting")  # the cluster states of a run under way
+
+
+def _cluster_view(master: Host) -> tuple[set[str], bool] | None:
+    """The slave nodes up on the master and whether a run is under way (None: no master)."""
+    try:
+        status = _master_status(master)
+    except HostError:
+        return None
+    if status is None:
+        return None
+    up = {str(n["name"]) for n in status.get("node", []) if n.get("up")}
+    return up, status.get("state") in ACTIVE
+
+
+def _taken_over(master: Host, nodes: set[str], active: bool) -> Outcome:
+    """Wait until the (new) master has every one of `nodes` up and, if a run was `active`,
+    has adopted it."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while True:
+        view = _cluster_view(master)
+        if view is not None and view[0] >= nodes and (view[1] or not active):
+            what = "the run adopted" if active else "no run to adopt"
+            return Outcome(master, True, f"{_count(len(nodes), 'slave node')} back, {what}")
+        if time.monotonic() > deadline:
+            seen = len(view[0] & nodes) if view else 0
+            return Outcome(
+                master,
+                False,
+                f"after {JOIN_TIMEOUT:.0f} s, {seen} of {len(nodes)} slave nodes back"
+                + (" and the run not adopted" if active and not (view and view[1]) else ""),
+            )
+        time.sleep(0.5)
+
+
+def _gone(master: Host) -> None:
+    """Wait (a bounded time) until no node named master runs: the headless run has ended."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    with contextlib.suppress(HostError):
+        while master.run(f"~/{MASTER}/bin/amoc --name master status")[0] != 3:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+
+
+def _wait_joined(master: Host, count: int) -> Outcome:
+    """The master daemon, started again, sees `count` slave nodes up."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while True:
+        try:
+            up = sum(1 for n in _cluster_nodes(master) if n.get("up"))
+        except HostError as exc:
+            return Outcome(master, False, str(exc))
+        if up >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if up < count:
+        return Outcome(master, False, f"master daemon started; {up} of {count} slave nodes back")
+    return Outcome(master, True, f"master daemon started again, {_count(up, 'slave node')} up")
+
+
+@task(
+    help={
+        "scenario": "the scenario's name (a deployed one)",
+        "users": "how many users, ids first..first+users-1",
+        "duration": "seconds the run lasts at most",
+        "thresholds": "conditions the run must meet, ';' or ',' between them",
+        "settings": "NAME=VALUE settings for the run, separated by spaces",
+        "first": "the first user id (default 1)",
+        "rate": "users started per second",
+        "comment": "the run's annotation comment",
+    }
+)
+def run(
+    c: Any,
+    scenario: str,
+    users: int,
+    duration: float,
+    thresholds: str = "",
+    settings: str = "",
+    first: int = 1,
+    rate: float = 0.0,
+    comment: str = "",
+) -> None:
+    """A headless run on the deployed cluster: the master's `bin/amoc run` drives every slave
+    node, prints the merged figures, writes the report in ~/amoc_reports (make reports
+    fetches it) and exits 0 (passed), 1 (a threshold failed) or 2 (refused)."""
+    cluster = load_cluster()
+    master = cluster.master
+    try:
+        status = _master_status(master)
+    except HostError as exc:
+        raise Exit(f"run: {exc}", code=2) from None
+    if status is None:
+        raise Exit("run: the cluster is not started (make start first)", code=2)
+    if status.get("state") in ACTIVE:
+        raise Exit(
+            f"run: the cluster runs {status.get('scenario')!r} now ({status['users']['placed']} "
+            "users placed): stop it first (make console, then amoc_dist.stop())",
+            code=2,
+        )
+    slaves = sum(1 for n in status.get("node", []) if n.get("up"))
+    if slaves == 0:
+        raise Exit("run: no slave node is up (make start, make status)", code=2)
+    options = {"slaves": slaves, "first": first, "rate": rate, "comment": comment}
+    options |= {"thresholds": thresholds, "settings": settings}
+    command = _headless_command(scenario, users, duration, options)
+    # The master daemon holds the cluster's port: the headless master takes its place for
+    # the run, and the daemon comes back after it, whatever the run's outcome.
+    stopped = _stopper(MASTER)(master)
+    code = 2
+    try:
+        if stopped.ok:
+            code = _stream(master, command, float(duration) + RUN_MARGIN)
+    except HostError as exc:
+        _say(master, str(exc))
+    finally:
+        _gone(master)
+        back = _start_master(master)
+        joined = _wait_joined(master, slaves) if back.ok else back
+    verdict = {0: "passed", 1: "a threshold failed", 2: "refused"}.get(code, "failed")
+    text = f"run {verdict} (exit {code}); {joined.text}"
+    summary("run", [Outcome(master, joined.ok and code in (0, 1), text)])
+    if code != 0:
+        raise Exit(f"run: {verdict} (exit {code})", code=code)
 
 
 _STATUS_ALL = """test -d ~/{install}/run || {{ echo "~/{install} is not deployed"; exit 0; }}

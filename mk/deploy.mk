@@ -6,6 +6,9 @@
 #                           (`make deploy restart`: both, in that order)
 #   make start / status / logs / stop
 #   make reports            the master's reports into reports/ beside the inventory
+#   make run SCENARIO=s USERS=n DURATION=seconds [THRESHOLDS='cond; cond'] [SET='k=v ...']
+#                           a headless run on the started cluster: merged figures, the report
+#                           on the master, exit 0 passed / 1 a threshold failed / 2 refused
 #   make console            the master's console over ssh (Ctrl+D detaches)
 # INVENTORY=path picks another inventory (its group_vars/amoc must sit next to it); SSH_KEY=path
 # the private key for every host (else the inventory's or ssh's default); KNOWN_HOSTS=path
@@ -26,7 +29,7 @@ ANSIBLE_PLAYBOOK := ANSIBLE_CONFIG=$(CURDIR)/ansible/ansible.cfg $(ANSIBLE_SSH) 
 FAB := AMOC_INVENTORY=$(INVENTORY) AMOC_SSH_KEY=$(SSH_KEY) \
 	AMOC_KNOWN_HOSTS=$(if $(KNOWN_HOSTS),$(abspath $(KNOWN_HOSTS))) $(VENV)/bin/fab
 
-.PHONY: inventory prepare deploy start stop restart status logs reports console lint-ansible
+.PHONY: inventory prepare deploy start stop restart status logs reports run console lint-ansible
 
 inventory:
 	@test -e "$(INVENTORY)" || { echo "make: the inventory '$(INVENTORY)' does not exist (INVENTORY=path)" >&2; exit 2; }
@@ -46,6 +49,13 @@ restart: dev inventory $(filter deploy,$(MAKECMDGOALS))
 
 logs: dev inventory
 	@$(FAB) logs --lines $(LINES)
+
+run: dev inventory
+	@test -n "$(SCENARIO)" -a -n "$(USERS)" -a -n "$(DURATION)" || { echo "make run needs \
+	SCENARIO=name USERS=count DURATION=seconds (THRESHOLDS='cond; cond' and SET='k=v ...' \
+	optional)" >&2; exit 2; }
+	@$(FAB) run --scenario '$(SCENARIO)' --users '$(USERS)' --duration '$(DURATION)' \
+		--thresholds '$(THRESHOLDS)' --settings '$(SET)'
 
 console: dev inventory
 	@$(FAB) console

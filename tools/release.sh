@@ -5,6 +5,9 @@
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd -P)
 REL=${REL:-$ROOT/_rel/amoc}
+# Reports live beside the release, so that a rebuild keeps them; the release's reports/
+# links there.
+REPORTS=${REPORTS:-$(dirname "$REL")/reports}
 PYTHON=${PYTHON:-python3}
 
 for pidfile in "$REL"/run/*/node.pid; do
@@ -32,4 +35,7 @@ exec "$AMOC_HOME/venv/bin/python" -P -m amoc.cli "$@"
 LAUNCHER
 chmod 755 "$REL/bin/amoc"
 chmod 700 "$REL/run"
+mkdir -p "$REPORTS"
+chmod 700 "$REPORTS"
+ln -s "$REPORTS" "$REL/reports"
 echo "release built in $REL ($("$REL/venv/bin/python" -P -c 'import amoc; print("amoc", amoc.__version__)'))"

@@ -284,6 +284,7 @@ def test_prepare_deploy_start_console_stop(site: Site) -> None:
 
     _three_deploys_while_a_run_is_active(site)
     _restart_takes_a_changed_setting(site)
+    _a_headless_cluster_run(site)
     _a_misspelled_set_is_refused(site)
     _status_and_stop_go_past_an_unreachable_host(site)
     _reports_come_back(site)
@@ -346,8 +347,13 @@ def _restart_takes_a_changed_setting(site: Site) -> None:
     term = SshConsole(site)
     try:
         assert term.value('amoc_config.get("interarrival")') == 3  # group_vars' new value
-        # Every restarted slave has joined the restarted master, and a run goes.
+        # Every restarted slave has joined the restarted master, which adopted the run: its
+        # six users run again on the restarted slaves, each id once.
         term.wait('sorted(n["up"] for n in nodes())', lambda up: up == [True] * 3)
+        term.wait('amoc_dist.status()["users"]["running"]', lambda n: n == 6)
+        assert term.value('amoc_dist.status()["scenario"]') == "dummy"
+        placement = term.value("amoc_dist.placement()")
+        assert sorted(i for ids in placement.values() for i in ids) == [1, 2, 3, 4, 5, 6]
         term.run("amoc_dist.stop()")
         out = term.run('amoc_dist.do("dummy", 1, 6)')
         assert out.startswith("running dummy: 6 placed"), out
@@ -356,6 +362,46 @@ def _restart_takes_a_changed_setting(site: Site) -> None:
     finally:
         if term.child.isalive():
             term.child.close(force=True)
+
+
+def _a_headless_cluster_run(site: Site) -> None:
+    # The console left a run going: `make run` refuses to take it over.
+    busy = site.make("run", "SCENARIO=dummy", "USERS=6", "DURATION=3")
+    assert busy.returncode == 2, busy.stdout + busy.stderr
+    assert "the cluster runs 'dummy' now (6 users placed): stop it first" in busy.stderr
+    missing = site.make("run", "SCENARIO=dummy")
+    assert missing.returncode == 2 and "make run needs SCENARIO=name USERS=count" in missing.stderr
+    term = SshConsole(site)
+    try:
+        term.run("amoc_dist.stop()")
+        term.leave()
+    finally:
+        if term.child.isalive():
+            term.child.close(force=True)
+    started = time.monotonic()
+    done = site.make(
+        "run",
+        "SCENARIO=dummy",
+        "USERS=6",
+        "DURATION=3",
+        "THRESHOLDS=users.started >= 6; users.started > 100",
+        "SET=dummy_wait=100000",
+    )
+    site.timings["headless cluster run"] = time.monotonic() - started
+    out = done.stdout + done.stderr
+    # make exits 2 for any failed recipe; the task's own code (fab run) is the run's.
+    assert done.returncode != 0 and "run: a threshold failed (exit 1)" in done.stderr, out
+    assert re.search(
+        r"^\[master\] scenario dummy on 3 slaves: 6 users placed, 6 started", out, re.M
+    )
+    assert "threshold failed: users.started > 100 (was 6)" in out
+    assert "threshold failed: users.started >= 6" not in out
+    assert re.search(r"^\[master\] report: .*/amoc_reports/[^/]*-dummy/index.html$", out, re.M), out
+    summary = r"^  master\s+ok\s+run a threshold failed \(exit 1\); master daemon started again, 3"
+    assert re.search(summary, out, re.M), out
+    status = site.make("status")  # the daemon is back, and every slave with it
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert re.search(r"^  master\s+ok\s+1 node running$", status.stdout, re.M), status.stdout
 
 
 def _a_misspelled_set_is_refused(site: Site) -> None:
