@@ -60,8 +60,9 @@ SERVER = [sys.executable, str(ROOT / "tools" / "xmpp_server.py")]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 SAMPLE_S = 0.05
-PREFIX = {"tsung": "tsung", "slixmpp": "slix", "lean": "lean"}
+PREFIX = {"tsung": "tsung", "floor": "floor", "slixmpp": "slix", "lean": "lean"}
 PASSWORD_PREFIX = "password_"
+NO_BUSY_WAIT = "+sbwt none +sbwtdcpu none +sbwtdio none"  # erl flags: schedulers sleep at once
 
 
 # -- sampling a process tree from outside ---------------------------------------------------
@@ -225,6 +226,7 @@ def figures(run: Run, interval_s: float, messages: int, rate: float) -> dict[str
     s = run.samples
     n = run.users
     out = {"logins_s": math.nan, "rss_kib": math.nan, "cpu_1000": math.nan, "window_s": 0.0}
+    out["server_1000"] = math.nan
     out |= {"login_cores": math.nan, "server_cores": math.nan}
     if len(s) < 3:
         return out
@@ -251,6 +253,7 @@ def figures(run: Run, interval_s: float, messages: int, rate: float) -> dict[str
         sent_and_received = 2 * rate * window
         out["window_s"] = window
         out["cpu_1000"] = (b.cpu - a.cpu) / sent_and_received * 1000
+        out["server_1000"] = (b.server_cpu - a.server_cpu) / sent_and_received * 1000
     return out
 
 
@@ -258,7 +261,7 @@ def figures(run: Run, interval_s: float, messages: int, rate: float) -> dict[str
 
 TSUNG_XML = """<?xml version="1.0"?>
 <!DOCTYPE tsung SYSTEM "/usr/share/tsung/tsung-1.0.dtd">
-<tsung loglevel="warning" version="1.0">
+<tsung loglevel="error" dumptraffic="false" version="1.0">
   <clients><client host="localhost" use_controller_vm="true" maxusers="{maxusers}"/></clients>
   <servers><server host="{host}" port="{port}" type="tcp"/></servers>
   <load>
@@ -284,7 +287,7 @@ TSUNG_XML = """<?xml version="1.0"?>
       <for from="1" to="{messages}" var="i">
         <thinktime value="{interval_s}" random="false"/>
         <request>
-          <jabber type="chat" ack="no_ack" size="48" destination="online" stamped="true"/>
+          <jabber type="chat" ack="no_ack" size="48" destination="{destination}" stamped="true"/>
         </request>
       </for>
       <thinktime value="{linger_s}" random="false"/>
@@ -340,8 +343,27 @@ def tsung_stats(log_dir: Path) -> dict[str, Any]:
 
 
 def prefix(client: str, users: int) -> str:
-    """The account prefix of one case: fresh users per client and N."""
-    return f"{PREFIX[client]}{users}_"
+    """The account prefix of one case: fresh users per client (and variant) and N."""
+    base, *variant = client.split("+")
+    return f"{PREFIX[base]}{''.join(variant)}{users}_"
+
+
+# The floor's variants (`floor+bare`, `floor+nostamp`, `floor+tick10`): what each part of a
+# message and the send pattern cost the server.
+FLOOR_VARIANTS = {"bare": ["--to", "bare"], "nostamp": ["--no-stamp"]}
+
+
+def floor_options(client: str) -> list[str]:
+    """floor_client.py's options for a `floor+...` case."""
+    out: list[str] = []
+    for part in client.split("+")[1:]:
+        if part.startswith("tick") and part[4:].isdigit():
+            out += ["--tick", repr(int(part[4:]) / 1000)]  # tickN: an N ms grid
+        elif part in FLOOR_VARIANTS:
+            out += FLOOR_VARIANTS[part]
+        else:
+            raise SystemExit(f"unknown floor variant {part!r}: bare, nostamp or tick<ms>")
+    return out
 
 
 def run_tsung(args: argparse.Namespace, users: int, api: Api, work: Path) -> Run:
@@ -359,6 +381,7 @@ def run_tsung(args: argparse.Namespace, users: int, api: Api, work: Path) -> Run
         messages=args.messages,
         interval_s=f"{interval_s:g}",
         linger_s=f"{interval_s + 2:g}",
+        destination=args.tsung_destination,
     )
     case = work / f"tsung_{users}"
     case.mkdir(parents=True, exist_ok=True)
@@ -368,7 +391,12 @@ def run_tsung(args: argparse.Namespace, users: int, api: Api, work: Path) -> Run
     proc = subprocess.Popen(
         ["tsung", "-n", "-l", str(case / "log"), "-f", str(case / "scenario.xml"), "start"],
         cwd=case,
-        env={**os.environ, "ERL_EPMD_ADDRESS": "127.0.0.1"},  # an epmd it starts: loopback
+        # An epmd it starts listens on loopback. ERL_AFLAGS reaches the VM that the tsung
+        # script starts with its own fixed options: no busy-waiting schedulers, whose
+        # spinning between two messages would count as Tsung's CPU (--tsung-busy-wait keeps
+        # Erlang's default).
+        env={**os.environ, "ERL_EPMD_ADDRESS": "127.0.0.1"}
+        | ({} if args.tsung_busy_wait else {"ERL_AFLAGS": NO_BUSY_WAIT}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -451,9 +479,9 @@ async def amoc_child(args: argparse.Namespace) -> dict[str, Any]:
     watcher = asyncio.create_task(steady_ttd())
     await ctl.do("xmpp_one_to_one", 1, users, settings=settings)
     end = loop.time() + users / args.arrival + (args.messages + 3) * interval_s + 60
-    while ctl.status()["state"] != State.FINISHED.value and loop.time() < end:
+    while ctl.status().state != State.FINISHED.value and loop.time() < end:
         await asyncio.sleep(0.5)
-    finished = ctl.status()["state"] == State.FINISHED.value
+    finished = ctl.status().state == State.FINISHED.value
     watcher.cancel()
     await ctl.close()
     return {
@@ -474,6 +502,22 @@ def run_amoc(args: argparse.Namespace, client: str, users: int, api: Api) -> Run
     cmd = [sys.executable, __file__, "--child", client, "--users", str(users)]
     for opt in ("messages", "rate", "arrival", "host", "port", "domain"):
         cmd += [f"--{opt}", str(getattr(args, opt))]
+    return run_child(args, client, users, api, cmd)
+
+
+def run_floor(args: argparse.Namespace, client: str, users: int, api: Api) -> Run:
+    """The bench-only minimal client (bench/floor_client.py), the same workload."""
+    cmd = [sys.executable, str(ROOT / "bench" / "floor_client.py"), "--users", str(users)]
+    cmd += floor_options(client)
+    cmd += ["--messages", str(args.messages), "--interval", repr(users / args.rate)]
+    cmd += ["--arrival", str(args.arrival), "--host", args.host, "--port", str(args.port)]
+    cmd += ["--domain", args.domain, "--user-prefix", prefix(client, users)]
+    cmd += ["--password-prefix", PASSWORD_PREFIX]
+    return run_child(args, client, users, api, cmd)
+
+
+def run_child(args: argparse.Namespace, client: str, users: int, api: Api, cmd: list[str]) -> Run:
+    """Run a Python client's process, sampled from outside; its JSON totals."""
     run = Run(client, users)
     interval_s = users / args.rate
     deadline = users / args.arrival + (args.messages + 2) * interval_s + 120
@@ -543,34 +587,40 @@ def wait_empty(api: Api, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def row(run: Run, fig: dict[str, float], ref: dict[str, float] | None) -> str:
-    def ratio(key: str) -> str:
-        if ref is None or not ref.get(key) or math.isnan(ref[key]) or math.isnan(fig[key]):
+def row(
+    run: Run, fig: dict[str, float], tsung: dict[str, float] | None, floor: dict[str, float] | None
+) -> str:
+    def ratio(key: str, ref: dict[str, float] | None) -> str:
+        if ref is None or ref is fig or not ref.get(key) or math.isnan(ref[key]):
             return "  -  "
-        return f"{fig[key] / ref[key]:5.2f}"
+        return "  -  " if math.isnan(fig[key]) else f"{fig[key] / ref[key]:5.2f}"
 
     e = run.extra
     return (
         f"| {run.client:<7} | {run.users:>5} | {fig['logins_s']:7.0f} | {fig['rss_kib']:6.1f} "
-        f"| {fig['cpu_1000']:6.3f} | {e.get('ttd', '-'):<40} | {e.get('sent', 0):>6} "
-        f"| {e.get('received', 0):>6} | {ratio('logins_s')} | {ratio('rss_kib')} "
-        f"| {ratio('cpu_1000')} | {fig['login_cores']:4.2f} / {fig['server_cores']:4.2f} |"
+        f"| {fig['cpu_1000']:6.3f} | {fig['server_1000']:6.3f} | {e.get('ttd', '-'):<40} "
+        f"| {e.get('sent', 0):>7} | {e.get('received', 0):>7} | {ratio('logins_s', tsung)} "
+        f"| {ratio('rss_kib', tsung)} | {ratio('cpu_1000', tsung)} | {ratio('cpu_1000', floor)} "
+        f"| {fig['window_s']:4.0f} | {fig['login_cores']:4.2f} / {fig['server_cores']:4.2f} |"
         + (f" {run.error}" if run.error else "")
     )
 
 
 HEADER = (
-    "| client  |     N | logins/s | RSS KiB/user | CPU-s/1000 msgs | TTD ms"
-    "                                   |   sent | received "
-    "| logins/s vs Tsung | RSS vs Tsung | CPU vs Tsung | login cores client / server |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| client  |     N | logins/s | RSS KiB/user | CPU-s/1000 msgs | server CPU-s/1000 "
+    "| TTD ms                                   |    sent | received "
+    "| logins/s vs Tsung | RSS vs Tsung | CPU vs Tsung | CPU vs floor | window s "
+    "| login cores client / server |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def parent(args: argparse.Namespace) -> None:
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     for c in clients:
-        if c not in PREFIX:
+        if c.startswith("floor+"):
+            floor_options(c)  # a variant it does not know stops the benchmark here
+        if c.split("+")[0] not in PREFIX:
             raise SystemExit(f"unknown client {c!r}: choose among {', '.join(PREFIX)}")
     if "tsung" in clients:
         ensure_tsung()
@@ -599,26 +649,40 @@ def parent(args: argparse.Namespace) -> None:
 
 def provision(args: argparse.Namespace, clients: list[str]) -> None:
     """Start the server and register every client's users at every N."""
-    server(args, "start", "--no-mam")  # as the figures in RESULTS.md
+    busy = [] if args.server_busy_wait else ["--no-busy-wait"]
+    server(args, "start", "--no-mam", *busy)  # as the figures in RESULTS.md
     for users in args.users:
         for c in clients:
             extra = ["--user-prefix", prefix(c, users), "--password-prefix", PASSWORD_PREFIX]
             server(args, "register", "--first", "1", "--last", str(users), *extra)
 
 
-def measure(args: argparse.Namespace, clients: list[str], users: int, api: Api, work: Path) -> None:
-    """One row per client at `users`; ratios against Tsung's row when it came first."""
+def messages_for(args: argparse.Namespace, users: int) -> int:
+    """Messages per user: --messages, else enough for a steady window of --window s (after
+    the arrivals and two intervals, before the first user's last message)."""
+    if args.messages:
+        return int(args.messages)
     interval_s = users / args.rate
-    ref: dict[str, float] | None = None
+    return math.ceil((users / args.arrival + 3 * interval_s + args.window) / interval_s) + 1
+
+
+def measure(args: argparse.Namespace, clients: list[str], users: int, api: Api, work: Path) -> None:
+    """One row per client at `users`; ratios to Tsung's and to the floor's rows of this N."""
+    case = argparse.Namespace(**{**vars(args), "messages": messages_for(args, users)})
+    interval_s = users / args.rate
+    rows: dict[str, tuple[Run, dict[str, float]]] = {}
     for c in clients:
         wait_empty(api)
-        run = run_tsung(args, users, api, work) if c == "tsung" else None
-        if run is None:
-            run = run_amoc(args, c, users, api)
-        fig = figures(run, interval_s, args.messages, args.rate)
         if c == "tsung":
-            ref = fig
-        print(row(run, fig, ref if c != "tsung" else None), flush=True)
+            run = run_tsung(case, users, api, work)
+        elif c.split("+")[0] == "floor":
+            run = run_floor(case, c, users, api)
+        else:
+            run = run_amoc(case, c, users, api)
+        rows[c] = (run, figures(run, interval_s, case.messages, args.rate))
+    tsung, floor = rows.get("tsung", (None, None))[1], rows.get("floor", (None, None))[1]
+    for run, fig in rows.values():
+        print(row(run, fig, tsung, floor), flush=True)
 
 
 def main() -> None:
@@ -629,8 +693,23 @@ def main() -> None:
         default=[1000, 5000, 10000],
         help="user counts, comma separated (even)",
     )
-    p.add_argument("--clients", default="tsung,slixmpp,lean", help="cases, in this order")
-    p.add_argument("--messages", type=int, default=20, help="messages per user")
+    p.add_argument("--clients", default="tsung,floor,lean", help="cases, in this order "
+                   "(tsung, floor, lean, slixmpp)")  # fmt: skip
+    p.add_argument("--messages", type=int, default=0,
+                   help="messages per user (default: enough for the --window)")  # fmt: skip
+    p.add_argument(
+        "--tsung-destination",
+        default="online",
+        choices=("online", "random"),
+        help="Tsung's chat destination (random: any user id, cheaper for Tsung)",
+    )
+    p.add_argument(
+        "--tsung-busy-wait",
+        action="store_true",
+        help="Tsung's VM with Erlang's default busy-waiting schedulers",
+    )
+    p.add_argument("--window", type=float, default=60.0,
+                   help="s of steady chat (all users online) in which CPU is counted")  # fmt: skip
     p.add_argument("--rate", type=float, default=2000.0, help="messages/s sent by all users")
     p.add_argument("--arrival", type=float, default=1000.0, help="users arriving per second")
     p.add_argument("--host", default="127.0.0.1")

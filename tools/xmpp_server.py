@@ -5,6 +5,7 @@ stop, remove.
     tools/xmpp_server.py install [--kind prosody]    # Debian's package, if missing
     tools/xmpp_server.py start [--kind ejabberd|prosody] [--port 5222] [--http-port 5280]
                                [--name amoc] [--tls [--tls-port 5223]] [--scram] [--no-mam]
+                               [--no-busy-wait]
     tools/xmpp_server.py register --first 1 --last 10000
     tools/xmpp_server.py status | stop | remove
 
@@ -28,7 +29,10 @@ versioning, offline messages, carbons, open in-band registration, WebSocket and 
 requires STARTTLS on c2s; --tls-port adds a direct-TLS (XEP-0368) listener. --scram stores
 SCRAM-SHA-1 hashes instead of plain passwords (PLAIN and SCRAM-SHA-1 logins work either way).
 --no-mam leaves MAM out: archiving multiplies the server's CPU per message by 6 (Prosody) to 9
-(ejabberd, mnesia), so a benchmark of plain chat throughput wants it off.
+(ejabberd, mnesia), so a benchmark of plain chat throughput wants it off. --no-busy-wait
+starts ejabberd's Erlang VM with schedulers that sleep as soon as they run out of work
+(+sbwt none): by default they spin a while first, and under a steady trickle of messages
+that spinning is most of the server's CPU time, which a benchmark would count as work.
 
 Standard library only: it runs before the project's virtual environment exists.
 """
@@ -96,6 +100,7 @@ class Instance:
     mam: bool = True  # every message archived (XEP-0313); costs the server 6-9x per message
     scram_hash: str = "sha1"  # with scram: SCRAM-SHA-1 (and PLAIN), or sha256: SCRAM-SHA-256
     https_port: int = 0  # WebSocket and BOSH over TLS (wss://, https://), 0: none
+    busy_wait: bool = True  # ejabberd's schedulers spin before they sleep (Erlang's default)
 
     @property
     def path(self) -> Path:
@@ -476,6 +481,8 @@ def ejabberd_launch(inst: Instance) -> Launch:
         "-mnesia", "dir", f'"{path / "db"}"',
         "-s", "ejabberd",
     ]  # fmt: skip
+    if not inst.busy_wait:
+        argv[1:1] = ["+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"]
     if owner is not None:
         argv = ["setpriv", f"--reuid={owner[0]}", f"--regid={owner[1]}", "--init-groups", *argv]
     env = {
@@ -1008,6 +1015,8 @@ def parser() -> argparse.ArgumentParser:
                    help="start: with --scram, SHA-1 (default) or SHA-256 hashes")  # fmt: skip
     p.add_argument("--mam", action=argparse.BooleanOptionalAction, default=None,
                    help="start: archive every message (MAM; the default)")  # fmt: skip
+    p.add_argument("--busy-wait", action=argparse.BooleanOptionalAction, default=None,
+                   help="start: ejabberd's schedulers spin before sleeping (default)")  # fmt: skip
     p.add_argument("--first", type=int, default=1, help="register: first user id")
     p.add_argument("--last", type=int, default=None, help="register: last user id")
     p.add_argument("--user-prefix", default="user_", help="register: account = prefix + id")
@@ -1058,6 +1067,7 @@ def to_start(args: argparse.Namespace, saved: Instance | None) -> Instance:
         https_port=int(_pick(args.https_port, base.https_port)),  # type: ignore[call-overload]
         mam=bool(_pick(args.mam, base.mam)),
         scram_hash=str(_pick(args.scram_hash, base.scram_hash)),
+        busy_wait=bool(_pick(args.busy_wait, base.busy_wait)),
     )
     if saved is not None and saved.scram and not inst.scram:
         raise ServerError(
