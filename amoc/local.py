@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from amoc.report.markers import ADDED, REMOVED, marked
 from amoc.runner import Controller
 from amoc.status import Runner
 
@@ -49,11 +50,14 @@ class RunnerConsole:
 
     def add(self, count: int) -> dict[str, Any]:
         """Start `count` more users with the next ids."""
-        return self._reply(self._call(self._runner.add(count)).to_dict())
+        return self._reply(
+            self._call(marked(self._runner.add(count), ADDED, count=count)).to_dict()
+        )
 
     def remove(self, count: int, force: bool = False) -> dict[str, Any]:
         """Remove the `count` newest users; `force=True` kills them now."""
-        return self._reply(self._call(self._runner.remove(count, force)).to_dict())
+        verb = marked(self._runner.remove(count, force), REMOVED, count=count, force=force)
+        return self._reply(self._call(verb).to_dict())
 
     def stop(self) -> dict[str, Any]:
         """Stop the scenario and every user."""

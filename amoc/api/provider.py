@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from amoc import __version__
+from amoc.report.markers import ADDED, REMOVED, marked
 from amoc.runner import Controller
 from amoc.status import Runner
 
@@ -85,11 +86,13 @@ class RunnerProvider:
 
     async def add(self, count: int) -> dict[str, Any]:
         """Add users."""
-        return {**self._identity(), **(await self.runner.add(count)).to_dict()}
+        status = await marked(self.runner.add(count), ADDED, count=count)
+        return {**self._identity(), **status.to_dict()}
 
     async def remove(self, count: int, force: bool) -> dict[str, Any]:
         """Remove the newest users."""
-        return {**self._identity(), **(await self.runner.remove(count, force)).to_dict()}
+        removal = await marked(self.runner.remove(count, force), REMOVED, count=count, force=force)
+        return {**self._identity(), **removal.to_dict()}
 
     async def stop(self) -> dict[str, Any]:
         """Stop the run: its final figures, and the state it is in now."""

@@ -1,4 +1,11 @@
-"""The report directory: index.html (offline, SVG plots), series.csv, summary.json."""
+"""The report directory: index.html (offline, ECharts plots inlined), series.csv, summary.json.
+
+The page carries its data as JSON and the pinned Apache ECharts (amoc.report.echarts) in
+the page itself: time axes, tooltips, zoom, a line per node for a cluster's run, markers
+for do / add / remove / rate changes, the distributions of the run's latency histograms.
+After drawing, each chart's element lists the series it drew in `data-series` and the body
+counts the charts in `data-charts` (what a headless browser checks).
+"""
 
 from __future__ import annotations
 
@@ -6,70 +13,144 @@ import csv
 import html
 import io
 import json
+import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from amoc.metrics.prometheus import bucket_counts
+from amoc.metrics.promnames import TIME_BUCKETS
+from amoc.report import echarts
 from amoc.report.figures import COLUMNS, FEATURE_HISTOGRAMS, FEATURE_RATES
 
+log = logging.getLogger("amoc.report")
+
+# (title, unit, total series (column, label), per-node series (column, label prefix)).
 CHARTS = (
-    ("Users", (("running", "running"), ("target", "target"), ("failed", "failed runs"))),
-    ("Rates (per second)", (("logins_s", "logins"), ("messages_s", "messages"))),
-    ("Time to delivery (ms)", (("ttd_p50", "p50"), ("ttd_p99", "p99"))),
-    ("Errors (cumulative)", (("errors", "errors"),)),
-)
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-W, H, PAD = 720, 220, 48
+    ("Users", "users", (("running", "running"), ("target", "target"), ("failed", "failed runs")),
+     (("running", "running"),)),
+    ("Rates", "per second", (("logins_s", "logins/s"), ("messages_s", "messages/s")),
+     (("messages_s", "messages/s"),)),
+    ("Time to delivery", "ms", (("ttd_p50", "TTD p50"), ("ttd_p99", "TTD p99")),
+     (("ttd_p99", "TTD p99"),)),
+    ("Errors (cumulative)", "errors", (("errors", "errors"),), (("errors", "errors"),)),
+)  # fmt: skip
+# The columns kept per node (the rest are the cluster's only).
+NODE_COLUMNS = ("running", "logins_s", "messages_s", "ttd_p99", "errors")
+_SCRIPT = """
+(function () {
+  var data = JSON.parse(document.getElementById("amoc-data").textContent);
+  var drawn = 0;
+  function marks(markers) {
+    return {symbol: "none", silent: false, animation: false,
+      label: {formatter: "{b}", position: "insideEndTop", fontSize: 10},
+      lineStyle: {type: "dashed", color: "#888"},
+      data: markers.map(function (m) { return {name: m.text, xAxis: m.at}; })};
+  }
+  function options(c) {
+    var rows = Math.ceil(c.series.length / 4);
+    var series = c.series.map(function (s, i) {
+      var line = {name: s.name, type: c.kind, data: s.data, showSymbol: false,
+        connectNulls: false, emphasis: {focus: "series"}};
+      if (c.kind === "line" && i === 0 && data.markers.length) {
+        line.markLine = marks(data.markers);
+      }
+      return line;
+    });
+    var x = c.kind === "line" ? {type: "time"} : {type: "category", data: c.categories,
+      name: "at or below", axisLabel: {interval: 0, rotate: 40}};
+    return {animation: false, title: {text: c.title, left: 8},
+      tooltip: {trigger: "axis", valueFormatter: function (v) {
+        return v === null || v === undefined ? "-" : (+v).toPrecision(4) + " " + c.unit; }},
+      legend: {type: "plain", top: 26, left: 8, right: 90},
+      toolbox: {right: 8, feature: {dataZoom: {yAxisIndex: "none"}, restore: {},
+        saveAsImage: {}}},
+      grid: {top: 40 + 22 * rows, left: 60, right: 30, bottom: 70},
+      xAxis: x, yAxis: {type: "value", name: c.unit, nameLocation: "middle", nameGap: 44},
+      dataZoom: [{type: "inside"}, {type: "slider", bottom: 10}], series: series};
+  }
+  if (typeof echarts === "undefined") { return; }
+  data.charts.forEach(function (c, i) {
+    var el = document.getElementById("chart-" + i);
+    var chart = echarts.init(el, null, {renderer: "svg"});
+    chart.setOption(options(c));
+    el.setAttribute("data-series", JSON.stringify(
+      chart.getOption().series.map(function (s) { return s.name; })));
+    drawn += 1;
+  });
+  document.body.setAttribute("data-charts", String(drawn));
+  window.addEventListener("resize", function () {
+    data.charts.forEach(function (c, i) {
+      echarts.getInstanceByDom(document.getElementById("chart-" + i)).resize();
+    });
+  });
+})();
+"""
 
 
-def _finite(values: Sequence[float]) -> list[float]:
-    return [v for v in values if not math.isnan(v)]
+def _value(v: float) -> float | None:
+    return None if math.isnan(v) else round(v, 4)
 
 
-def chart(title: str, times: Sequence[float], lines: Sequence[tuple[str, Sequence[float]]]) -> str:
-    """An SVG line chart of several series over `times` (seconds since the start)."""
-    ys = [v for _, values in lines for v in _finite(values)]
-    top = max(ys, default=1.0) or 1.0
-    span = max(times[-1] if times else 1.0, 1e-9)
+def _line(
+    started: float, rows: Sequence[Mapping[str, float]], column: str, name: str
+) -> dict[str, Any]:
+    """One series: [epoch ms, value or null] a row."""
+    data = [[round((started + r["t"]) * 1000), _value(r.get(column, math.nan))] for r in rows]
+    return {"name": name, "data": data}
 
-    def x(t: float) -> float:
-        return PAD + (W - 2 * PAD) * t / span
 
-    def y(v: float) -> float:
-        return H - PAD + (2 * PAD - H) * v / top
+def line_charts(
+    started: float,
+    rows: Sequence[Mapping[str, float]],
+    nodes: Mapping[str, Sequence[Mapping[str, float]]],
+    extra: Sequence[str],
+) -> list[dict[str, Any]]:
+    """The time charts: the run's totals, a line per node, the feature figures."""
+    out = []
+    for title, unit, series, per_node in CHARTS:
+        lines = [_line(started, rows, c, label) for c, label in series]
+        lines += [
+            _line(started, node_rows, c, f"{label} {node}")
+            for c, label in per_node
+            for node, node_rows in sorted(nodes.items())
+        ]
+        out.append({"title": title, "unit": unit, "kind": "line", "series": lines})
+    for title, columns in feature_charts(extra):
+        unit = "per second" if "rates" in title else "ms"
+        lines = [_line(started, rows, c, label) for c, label in columns]
+        out.append({"title": title, "unit": unit, "kind": "line", "series": lines})
+    return out
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" role="img" '
-        f'aria-label="{html.escape(title)}">',
-        f'<text x="{PAD}" y="20" font-weight="bold">{html.escape(title)}</text>',
-        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#888"/>',
-        f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="#888"/>',
-        f'<text x="{PAD - 6}" y="{PAD + 4}" text-anchor="end" font-size="11">{top:.4g}</text>',
-        f'<text x="{PAD - 6}" y="{H - PAD + 4}" text-anchor="end" font-size="11">0</text>',
-        f'<text x="{W - PAD}" y="{H - PAD + 16}" text-anchor="end" font-size="11">'
-        f"{span:.0f} s</text>",
-    ]
-    for k, (label, values) in enumerate(lines):
-        colour = COLOURS[k % len(COLOURS)]
-        points = " ".join(
-            f"{x(t):.1f},{y(v):.1f}"
-            for t, v in zip(times, values, strict=True)
-            if not math.isnan(v)
-        )
-        if points:
-            parts.append(
-                f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="2" '
-                f'points="{points}"/>'
-            )
-        parts.append(
-            f'<text x="{W - PAD - 150}" y="{PAD + 14 * k}" fill="{colour}" font-size="12">'
-            f"{html.escape(label)}</text>"
-        )
-    parts.append("</svg>")
-    return "\n".join(parts)
+
+def distribution_chart(histograms: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The run's latency histograms (`*_ms`) as shares of their values per bucket."""
+    bars = []
+    for name, hist in sorted(histograms.items()):
+        if not name.endswith("_ms") or not hist.get("count"):
+            continue
+        cumulative = bucket_counts(hist, TIME_BUCKETS, 0.001)
+        counts = [b - a for a, b in zip([0, *cumulative], cumulative, strict=False)]
+        bars.append({"name": name, "data": [round(100 * n / hist["count"], 3) for n in counts]})
+    if not bars:
+        return None
+    labels = [f"{b * 1000:g} ms" for b in TIME_BUCKETS] + ["more"]
+    return {"title": "Latency distributions over the run", "unit": "% of values",
+            "kind": "bar", "categories": labels, "series": bars}  # fmt: skip
+
+
+def _script_tag() -> str:
+    """ECharts inlined, or a notice of why the plots are missing (the data is still there)."""
+    try:
+        code = echarts.script().decode("utf-8")
+    except echarts.ChartsMissing as exc:
+        log.error("the report has no plots: %s", exc)
+        return f'<p class="missing">No plots: {html.escape(str(exc))}</p>'
+    # A script element ends at the first "</script": the library never has one, but say so.
+    return "<script>" + code.replace("</script", "<\\/script") + "</script>"
 
 
 def write(
@@ -78,11 +159,16 @@ def write(
     info: dict[str, Any],
     parameters: Sequence[tuple[str, Any, str, str]],
     summary: dict[str, Any],
+    *,
+    nodes: Mapping[str, Sequence[dict[str, float]]] | None = None,
+    markers: Sequence[Mapping[str, Any]] = (),
+    histograms: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write the report, readable by its owner only (0600 files, 0700 directory).
 
     The path of index.html. `parameters` are shown as given: pass Config.describe()'s rows,
-    in which secrets are already ***."""
+    in which secrets are already ***. `nodes`: each node's rows (NODE_COLUMNS), `markers`:
+    {"t": s since the start, "text": ...}, `histograms`: the run's histogram snapshots."""
     private_dir(directory)
     columns = ["t", *(c for c, _ in COLUMNS)]
     extra = sorted({k for r in rows for k in r} - set(columns))
@@ -97,11 +183,32 @@ def write(
         directory / "summary.json",
         json.dumps({"run": info, "metrics": summary}, indent=2, default=str) + "\n",
     )
-    times = [r["t"] for r in rows]
-    charts = [
-        chart(title, times, [(label, [r.get(c, math.nan) for r in rows]) for c, label in series])
-        for title, series in (*CHARTS, *feature_charts(extra))
-    ]
+    started = float(info.get("started") or 0.0)
+    charts = line_charts(started, rows, nodes or {}, extra)
+    dist = distribution_chart(histograms or {})
+    if dist is not None:
+        charts.append(dist)
+    data = {
+        "charts": charts,
+        "markers": [
+            {"at": round((started + m["t"]) * 1000), "text": str(m["text"])}
+            for m in sorted(markers, key=lambda m: float(m["t"]))
+        ],
+    }
+    page = _page(info, len(rows), parameters, summary, charts, data)
+    index = directory / "index.html"
+    private_write(index, page)
+    return index
+
+
+def _page(
+    info: Mapping[str, Any],
+    samples: int,
+    parameters: Sequence[tuple[str, Any, str, str]],
+    summary: Mapping[str, Any],
+    charts: Sequence[Mapping[str, Any]],
+    data: Mapping[str, Any],
+) -> str:
     params = "\n".join(
         f"<tr><td>{html.escape(n)}</td><td>{html.escape(repr(v))}</td>"
         f"<td>{html.escape(s)}</td><td>{html.escape(d)}</td></tr>"
@@ -111,23 +218,42 @@ def write(
         f"<tr><td>{html.escape(n)}</td><td>{html.escape(_figure(v))}</td></tr>"
         for n, v in sorted(summary.items())
     )
+    boxes = "\n".join(
+        f'<h3>{html.escape(c["title"])}</h3><div class="chart" id="chart-{i}" '
+        f'data-title="{html.escape(c["title"])}"></div>'
+        for i, c in enumerate(charts)
+    )
+    # JSON in a script element: "<" escaped, so that no "</script" can end it early.
+    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
-    page = f"""<!doctype html>
+    markers = "".join(
+        f"<li>{time.strftime('%H:%M:%S', time.localtime(m['at'] / 1000))} "
+        f"{html.escape(m['text'])}</li>"
+        for m in data["markers"]
+    )
+    scenario = html.escape(str(info.get("scenario")))
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>amoc report: {html.escape(str(info.get("scenario")))}</title>
+<title>amoc report: {scenario}</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: left; font-size: 13px; }}
-svg {{ display: block; margin: 1em 0; background: #fafafa; }}
+.chart {{ width: 100%; max-width: 1100px; height: 380px; margin: 0 0 1.5em; }}
+h3 {{ display: none; }}
+.missing {{ color: #b00; font-weight: bold; }}
 </style></head><body>
-<h1>amoc report: {html.escape(str(info.get("scenario")))}</h1>
+<h1>amoc report: {scenario}</h1>
 <p>Comment: <b>{html.escape(str(info.get("comment") or "-"))}</b></p>
-<p>Started {started}, lasted {info.get("duration_s", 0):.0f} s, {len(rows)} samples;
+<p>Started {started}, lasted {info.get("duration_s", 0):.0f} s, {samples} samples;
 node {html.escape(str(info.get("node")))}. Raw series: <a href="series.csv">series.csv</a>,
-figures: <a href="summary.json">summary.json</a>.</p>
+figures: <a href="summary.json">summary.json</a>. Drag or scroll on a plot to zoom.</p>
 <h2>Plots</h2>
-{"".join(charts)}
+<ul class="markers">{markers}</ul>
+{boxes}
+<script type="application/json" id="amoc-data">{payload}</script>
+{_script_tag()}
+<script>{_SCRIPT}</script>
 <h2>Figures at the end</h2>
 <table><tr><th>metric</th><th>value</th></tr>
 {figures}
@@ -138,9 +264,6 @@ figures: <a href="summary.json">summary.json</a>.</p>
 </table>
 </body></html>
 """
-    index = directory / "index.html"
-    private_write(index, page)
-    return index
 
 
 def private_dir(directory: Path) -> None:

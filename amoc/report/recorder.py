@@ -15,7 +15,7 @@ from typing import Any
 from amoc import metrics
 from amoc.config import Config, Param, optional_text
 from amoc.metrics.histogram import difference
-from amoc.report import html
+from amoc.report import html, markers
 from amoc.report.figures import row, total
 
 log = logging.getLogger("amoc.report")
@@ -37,6 +37,8 @@ PARAMETERS: tuple[Param, ...] = (
 )
 
 Sampler = Callable[[], dict[str, Any]]
+# Settings whose run-time changes the report marks (they change the pace of user starts).
+RATE_SETTINGS = ("interarrival", "user_rate")
 
 
 class Recorder:
@@ -51,6 +53,11 @@ class Recorder:
         self.node = node
         self.interval = interval
         self.rows: deque[dict[str, float]] = deque(maxlen=MAX_ROWS)
+        # A cluster's run: each node's figures (html.NODE_COLUMNS) a second, by node name.
+        self.node_rows: dict[str, deque[dict[str, float]]] = {}
+        # What changed the load: do, add, remove, rate changes, stop (s since the start).
+        self.markers: list[dict[str, Any]] = []
+        self._changes: deque[tuple[float, str]] = deque(maxlen=1000)  # (when, text), any thread
         self.info: dict[str, Any] | None = None
         self.last_report: Path | None = None
         self._task: asyncio.Task[None] | None = None
@@ -58,8 +65,14 @@ class Recorder:
         self._at_start: dict[str, Any] | None = None  # the figures when the run started
 
     def start(self) -> None:
-        """Listen for scenario starts and stops (inside the node's loop)."""
+        """Listen for scenario starts and stops (inside the node's loop) and rate changes."""
         metrics.REGISTRY.on_annotation(self._event)
+        self.config.on_change(self._config_changed)
+
+    def _config_changed(self, name: str, value: Any) -> None:
+        # Any thread (the console's): noted here, turned into a marker by the next sample.
+        if name in RATE_SETTINGS:
+            self._changes.append((time.time(), f"{name} {value}"))
 
     async def stop(self) -> None:
         """Stop listening and sampling; a run still going (a master's) gets its report now."""
@@ -86,13 +99,24 @@ class Recorder:
                 "node": self.node,
             }
             self.rows.clear()
+            self.node_rows.clear()
+            self.markers = [
+                {
+                    "t": event["when"] - self.info["started"],
+                    "text": f"do {self.info['scenario']} ({self.info['users']} users)",
+                }
+            ]
+            self._changes.clear()
             self._before = None
             self._at_start = metrics.REGISTRY.snapshot()
             self._take()
             if self._task is None or self._task.done():
                 self._task = asyncio.get_running_loop().create_task(self._run(), name="recorder")
+        elif markers.text(event) is not None and self.info is not None:
+            self._mark(event["when"], str(markers.text(event)))
         elif event["what"] == "scenario_stop" and self.info is not None:
             self._take()
+            self._mark(event["when"], "stop")
             if self._task is not None:
                 self._task.cancel()
                 self._task = None
@@ -125,13 +149,35 @@ class Recorder:
         figures = row(merged, before["merged"] if before else None, seconds, target)
         figures["t"] = now["time"] - self.info["started"]
         self.rows.append(figures)
-        self._before = {"time": now["time"], "merged": merged}
+        self._per_node(now, seconds, figures["t"])
+        self._rate_markers()
+        self._before = {"time": now["time"], "merged": merged, "nodes": now["nodes"]}
         if now.get("state") == "finished" and self._task is not None:
             # Every user has done its runs: the report is written now, not at a later stop.
             log.info("every user of %s has finished", self.info["scenario"])
             self._task.cancel()
             self._task = None
             self._finish()
+
+    def _mark(self, when: float, text: str) -> None:
+        assert self.info is not None
+        self.markers.append({"t": when - self.info["started"], "text": text})
+
+    def _per_node(self, now: dict[str, Any], seconds: float, t: float) -> None:
+        """Each node's figures, when the run is a cluster's (not this node's alone)."""
+        if set(now["nodes"]) == {self.node}:
+            return
+        old = self._before["nodes"] if self._before else {}
+        for name, snap in now["nodes"].items():
+            figures = row(snap, old.get(name), seconds, now["targets"].get(name))
+            kept = {c: figures[c] for c in html.NODE_COLUMNS}
+            self.node_rows.setdefault(name, deque(maxlen=MAX_ROWS)).append({"t": t, **kept})
+
+    def _rate_markers(self) -> None:
+        """Markers for the rate settings changed since the last sample."""
+        while self._changes:
+            when, text = self._changes.popleft()
+            self._mark(when, text)
 
     def write(self) -> Path:
         """The report of the run so far, in its own directory."""
@@ -141,8 +187,17 @@ class Recorder:
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(self.info["scenario"]))
         directory = _new_directory(base, f"{stamp}-{name}")
         info = {**self.info, "duration_s": time.time() - self.info["started"]}
-        summary = metrics.summary(since(metrics.REGISTRY.snapshot(), self._at_start))
-        return html.write(directory, list(self.rows), info, self.config.describe(), summary)
+        run = since(metrics.REGISTRY.snapshot(), self._at_start)
+        return html.write(
+            directory,
+            list(self.rows),
+            info,
+            self.config.describe(),
+            metrics.summary(run),
+            nodes={name: list(rows) for name, rows in self.node_rows.items()},
+            markers=self.markers,
+            histograms=run.get("histograms", {}),
+        )
 
 
 def _new_directory(base: Path, name: str) -> Path:
