@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from amoc.report.markers import ADDED, REMOVED, marked
+from amoc.metrics.events import ADDED, REMOVED, marked
 from amoc.runner import Controller
 from amoc.status import Runner
 

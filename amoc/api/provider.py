@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from amoc import __version__
-from amoc.report.markers import ADDED, REMOVED, marked
+from amoc.metrics.events import ADDED, REMOVED, marked
 from amoc.runner import Controller
 from amoc.status import Runner
 

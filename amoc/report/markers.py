@@ -1,30 +1,10 @@
-"""The events that change a run's load, recorded as annotations where the verbs are given.
-
-The console's and the REST API's adapters wrap `add` and `remove` in `marked`, so every
-exporter sees them (Graphite's events, Prometheus' amoc_last_event_timestamp_seconds) and
-the report draws a marker for each; `do` and `stop` are annotated by the runners themselves
-(scenario_start, scenario_stop).
-"""
+"""What the report marks on its time axes, from the node's annotations (amoc.metrics.events)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
-from amoc import metrics
-
-T = TypeVar("T")
-
-ADDED = "users_added"
-REMOVED = "users_removed"
-
-
-async def marked(verb: Awaitable[T], what: str, **tags: Any) -> T:
-    """The verb's answer, once it is given; then the annotation `what` with `tags` (none
-    when the verb raised)."""
-    answer = await verb
-    metrics.annotate(what, tags=tags)
-    return answer
+from amoc.metrics.events import ADDED, REMOVED
 
 
 def text(event: dict[str, Any]) -> str | None:

@@ -12,7 +12,8 @@ import pytest
 
 from amoc import metrics
 from amoc.config import BUILTINS, Config
-from amoc.report import echarts, html, markers
+from amoc.metrics import events
+from amoc.report import echarts, html
 from amoc.report import recorder as recorder_mod
 from amoc.report.recorder import Recorder
 
@@ -68,10 +69,10 @@ async def test_a_clusters_report_has_a_line_per_node_and_the_load_markers(
             cluster.time += 1
             cluster.sent = {n: step * (10 if n == NODES[0] else 20) for n in NODES}
             if step == 2:
-                await markers.marked(_answer(), markers.ADDED, count=4)
+                await events.marked(_answer(), events.ADDED, count=4)
                 config.set("interarrival", 7)
             rec._take()
-        await markers.marked(_answer(), markers.REMOVED, count=2, force=True)
+        await events.marked(_answer(), events.REMOVED, count=2, force=True)
         rec._take()
         metrics.annotate("scenario_stop", tags={"scenario": "s"})
     finally:
@@ -104,8 +105,8 @@ async def test_a_verb_that_fails_leaves_no_marker() -> None:
     metrics.REGISTRY.on_annotation(seen.append)
     try:
         with pytest.raises(RuntimeError):
-            await markers.marked(refused(), markers.REMOVED, count=50, force=False)
-        assert await markers.marked(_answer(), markers.ADDED, count=1) == "done"
+            await events.marked(refused(), events.REMOVED, count=50, force=False)
+        assert await events.marked(_answer(), events.ADDED, count=1) == "done"
     finally:
         metrics.REGISTRY.off_annotation(seen.append)
         metrics.REGISTRY.reset()
