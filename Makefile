@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 REL    := _rel/amoc
 
-.PHONY: help deps dev rel local-console lint test test-unit test-fast demo bench bench-tsung clean
+.PHONY: help deps dev echarts rel local-console lint test test-unit test-fast demo bench bench-tsung clean
 
 help:
 	@echo "make rel        build the release in $(REL)"
@@ -16,7 +16,7 @@ help:
 	@echo "make bench-tsung  amoc against Tsung (installs Tsung; about 15 min)"
 
 # System packages the tests, the demo and the benchmarks use (Debian).
-DEBS := ejabberd prosody graphite-carbon tmux chromium openssh-server
+DEBS := ejabberd prosody graphite-carbon tmux chromium openssh-server prometheus
 deps:
 	tools/deps.sh $(DEBS)
 
@@ -26,6 +26,11 @@ $(VENV)/.stamp: pyproject.toml
 	touch $@
 
 dev: $(VENV)/.stamp
+
+# The report's charting library (Apache ECharts from the npm registry, pinned and checked;
+# cached in _build/echarts). tools/release.sh runs it too.
+echarts:
+	$(PYTHON) tools/fetch_echarts.py
 
 rel:
 	tools/release.sh

@@ -266,6 +266,10 @@ class Node:
         self.metrics_service = metrics.MetricsService(self.config)
         await self.metrics_service.start()
         await self._join_cluster()
+        # /metrics labels every series by node: a slave's by its cluster name, a master's
+        # slaves by theirs.
+        own = self.slave.name if self.slave is not None else self.home.name
+        metrics.REGISTRY.label_with(own, self._by_node)
         api_server = await api.start_node_api(self.config, self.controller, self.home, self.master)
         if self.slave is None:  # the master (or a local node) reports the run
             self.recorder = report_recorder.Recorder(
@@ -290,6 +294,7 @@ class Node:
             if self.recorder is not None:
                 await self.recorder.stop()
             await self.metrics_service.stop()
+            metrics.REGISTRY.label_with("", None)
             with contextlib.suppress(FileNotFoundError):
                 self.home.socket.unlink()
 
@@ -312,6 +317,14 @@ class Node:
             "scenario": scenario,
             "state": state,
         }
+
+    def _by_node(self) -> dict[str, Any]:
+        """The other nodes' metrics by name (a master's slaves) and the scenario, for /metrics."""
+        if self.master is not None:
+            cluster = self.master.sample()
+            return {"nodes": cluster["nodes"], "scenario": cluster["scenario"]}
+        ctl = self.controller
+        return {"nodes": {}, "scenario": ctl.scenario.name if ctl and ctl.scenario else None}
 
     async def _sample_now(self) -> dict[str, Any]:
         return self.sample()

@@ -19,6 +19,8 @@ for pidfile in "$REL"/run/*/node.pid; do
     fi
 done
 
+# The report's charting library goes into the package before it is installed.
+"$PYTHON" "$ROOT/tools/fetch_echarts.py"
 rm -rf "$REL"
 mkdir -p "$REL/bin" "$REL/priv/scenarios" "$REL/log" "$REL/run"
 "$PYTHON" -m venv "$REL/venv"

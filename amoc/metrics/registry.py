@@ -67,6 +67,9 @@ class Registry:
         self._listeners: list[Any] = []
         # Where other snapshots come from that this registry's view includes (merge_with).
         self._others: Callable[[], Iterable[Mapping[str, Any]]] | None = None
+        # This node's name and where every node's snapshot comes from, by name (label_with).
+        self._name = ""
+        self._sample: Callable[[], Mapping[str, Any]] | None = None
 
     def counter(self, name: str) -> Counter:
         """The counter called `name`, created at 0 when new."""
@@ -119,6 +122,28 @@ class Registry:
     def merge_with(self, others: Callable[[], Iterable[Mapping[str, Any]]] | None) -> None:
         """Make `snapshot()` include the snapshots `others()` returns (None: only ours)."""
         self._others = others
+
+    def label_with(self, name: str, sample: Callable[[], Mapping[str, Any]] | None) -> None:
+        """Make `by_node()` name each node's snapshot: `sample()` gives {"nodes": {name:
+        snapshot}, "scenario": name or None} (a master's: its slaves), and this registry's
+        own joins them under `name`. None: `by_node()` gives the merged view, unnamed."""
+        self._name, self._sample = name, sample
+
+    @property
+    def node_name(self) -> str:
+        """This node's name as `label_with` gave it ("" until then)."""
+        return self._name
+
+    def by_node(self) -> tuple[dict[str, dict[str, Any]], str | None]:
+        """Every node's snapshot by node name, and the scenario that runs (None: idle or
+        unknown); without `label_with`, one snapshot (the merged view) under the name ""."""
+        if self._sample is None:
+            return {"": self.snapshot()}, None
+        view = self._sample()
+        nodes = {str(name): dict(snap) for name, snap in view.get("nodes", {}).items() if snap}
+        nodes.setdefault(self._name, self.local_snapshot())
+        scenario = view.get("scenario")
+        return nodes, str(scenario) if scenario else None
 
     def snapshot(self) -> dict[str, Any]:
         """This registry's values, merged with those of `merge_with`'s source if any."""

@@ -99,10 +99,11 @@ def test_prometheus_text() -> None:
     text = render(reg)
     assert "# TYPE amoc_users_started_total counter\namoc_users_started_total 5\n" in text
     assert "amoc_users_running 2\n" in text
-    p50 = float(text.split('amoc_xmpp_ttd_ms{quantile="0.5"} ')[1].split()[0])
-    assert p50 == pytest.approx(2, rel=ACCURACY)
-    assert 'amoc_xmpp_ttd_ms{quantile="0.99"} 3\n' in text  # the exact maximum
-    assert "amoc_xmpp_ttd_ms_count 3\n" in text
+    assert "# TYPE amoc_xmpp_ttd_seconds histogram\n" in text
+    assert 'amoc_xmpp_ttd_seconds_bucket{le="0.001"} 1\n' in text  # 1 ms
+    assert 'amoc_xmpp_ttd_seconds_bucket{le="0.0025"} 2\n' in text  # 1 and 2 ms
+    assert 'amoc_xmpp_ttd_seconds_bucket{le="+Inf"} 3\n' in text
+    assert "amoc_xmpp_ttd_seconds_sum 0.006\n" in text and "amoc_xmpp_ttd_seconds_count 3\n" in text
 
 
 async def test_graphite_lines_rates_and_interval_percentiles() -> None:
