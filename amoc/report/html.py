@@ -44,6 +44,10 @@ _SCRIPT = """
 (function () {
   var data = JSON.parse(document.getElementById("amoc-data").textContent);
   var drawn = 0;
+  // The time axes reach every marker (a run's "do" comes a moment before its first sample).
+  var at = data.markers.map(function (m) { return m.at; });
+  var lo = Math.min.apply(null, at.concat([Infinity]));
+  var hi = Math.max.apply(null, at.concat([-Infinity]));
   function marks(markers) {
     return {symbol: "none", silent: false, animation: false,
       label: {formatter: "{b}", position: "insideEndTop", fontSize: 10},
@@ -60,8 +64,9 @@ _SCRIPT = """
       }
       return line;
     });
-    var x = c.kind === "line" ? {type: "time"} : {type: "category", data: c.categories,
-      name: "at or below", axisLabel: {interval: 0, rotate: 40}};
+    var x = c.kind === "line" ? {type: "time", min: function (v) { return Math.min(v.min, lo); },
+      max: function (v) { return Math.max(v.max, hi); }} : {type: "category",
+      data: c.categories, name: "at or below", axisLabel: {interval: 0, rotate: 40}};
     return {animation: false, title: {text: c.title, left: 8},
       tooltip: {trigger: "axis", valueFormatter: function (v) {
         return v === null || v === undefined ? "-" : (+v).toPrecision(4) + " " + c.unit; }},
