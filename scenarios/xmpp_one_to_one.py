@@ -3,7 +3,8 @@
 Each run of a user: log in, send presence (and wait for its echo), send `messages_per_user`
 chat messages to its neighbour, one every `message_interval` ms (the first one between one
 and two intervals after the presence, at a random point, so that users who logged in
-together do not send in lockstep), then wait (at most
+together do not send in lockstep; `message_arrival` spaces them evenly, as a Poisson
+process or in bursts: see amoc.pacing), then wait (at most
 `receive_timeout` ms) until everything the neighbour has sent so far has arrived, and log out.
 
 Neighbours are pairs: 1 <-> 2, 3 <-> 4, ... (odd n talks with n + 1, even n with n - 1).
@@ -32,7 +33,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-from amoc import metrics, xmpp
+from amoc import metrics, pacing, xmpp
 from amoc.config import amoc_config, non_negative_int, non_negative_ms, param
 from amoc.xmpp import stamp
 
@@ -41,10 +42,32 @@ log = logging.getLogger("amoc.scenario.xmpp_one_to_one")
 STALE_MARGIN_S = 5
 
 
+def _arrival(value: object) -> str:
+    if value not in pacing.ARRIVALS:
+        raise ValueError(f"must be one of {', '.join(pacing.ARRIVALS)}")
+    return str(value)
+
+
+def _positive_ms(value: object) -> float:
+    ms = non_negative_ms(value)
+    if ms <= 0:
+        raise ValueError("must be a number of ms > 0")
+    return ms
+
+
 PARAMETERS = [
     *xmpp.PARAMETERS,
     param("messages_per_user", 10, "chat messages each user sends per run", non_negative_int),
     param("message_interval", 1000, "ms between two messages of one user", non_negative_ms),
+    param(
+        "message_arrival",
+        "even",
+        "how a user's messages are spaced: even (exactly message_interval apart), poisson "
+        "(exponential gaps of that mean: many independent real users) or burst (even, "
+        "bunched onto a grid of message_burst ms)",
+        _arrival,
+    ),
+    param("message_burst", 100, "ms: the grid of message_arrival = burst", _positive_ms),
     param(
         "receive_timeout",
         30_000,
@@ -103,12 +126,16 @@ async def start(user_id: int, progress: Progress) -> None:
         # A random phase within the next interval spreads the sends of users who logged
         # in in one burst; without it they send in lockstep and the TTD tail grows.
         began = loop.time() + interval * random.random()
-        for i in range(count):
-            delay = began + (i + 1) * interval - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            client.send_chat(peer)
-            absorb(client.take_messages())
+        # The sends run from the loop's timers: this task wakes once, after the last.
+        await pacing.every(
+            interval,
+            lambda: client.send_chat(peer),
+            count,
+            start=began + interval,
+            process=amoc_config.get("message_arrival"),
+            burst=amoc_config.get("message_burst") / 1000.0,
+        )
+        absorb(client.take_messages())
         expected = run * count
         deadline = loop.time() + amoc_config.get("receive_timeout") / 1000.0
         try:

@@ -1,6 +1,6 @@
 """The scenario API is pinned: a name that appears in or vanishes from it fails here.
 
-A scenario imports from amoc.xmpp, amoc.config, amoc.metrics, amoc.throttle,
+A scenario imports from amoc.xmpp, amoc.config, amoc.metrics, amoc.throttle, amoc.pacing,
 amoc.coordinator and amoc.errors. A change to what they offer is a change to every user's
 scenarios: make it on purpose, then update the list below (and the README).
 """
@@ -48,6 +48,7 @@ DEFINED = {
         "change_rate_gradually", "info", "pause", "resume", "run", "send_and_wait",
         "set_share", "start", "stop", "stop_all", "wait",
     ],
+    "amoc.pacing": ["ARRIVALS", "every"],
     "amoc.coordinator": [
         "Coordinator", "CoordinatorError", "DEFAULT_TIMEOUT", "Emit", "Hub", "Member", "NODE",
         "Remote", "User", "add", "deliver", "start", "stop", "stop_all", "use_master",
