@@ -172,9 +172,12 @@ async def user(floor: Floor, user_id: int) -> None:
         return
     floor.logins_ok += 1
     began = loop.time() + a.interval * random.random()
+    last = began
     for i in range(a.messages):
         at = began + (i + 1) * a.interval
-        loop.call_at(math.ceil(at / a.tick) * a.tick if a.tick else at, proto.send)
+        last = math.ceil(at / a.tick) * a.tick if a.tick else at
+        loop.call_at(last, proto.send)
+    await asyncio.sleep(max(0.0, last - loop.time()))  # its own sends first, then theirs
     deadline = began + (a.messages + 1) * a.interval + a.receive_timeout
     with contextlib.suppress(TimeoutError):  # counted: received < sent
         await asyncio.wait_for(proto.complete, max(0.0, deadline - loop.time()))
