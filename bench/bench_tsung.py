@@ -441,7 +441,7 @@ async def amoc_child(args: argparse.Namespace) -> dict[str, Any]:
     users = args.users[0]
     interval_ms = users / args.rate * 1000
     settings = {
-        "xmpp_client": args.child,
+        "xmpp_client": args.child.split("+")[0],
         "xmpp_host": args.host,
         "xmpp_port": args.port,
         "xmpp_domain": args.domain,
@@ -456,6 +456,8 @@ async def amoc_child(args: argparse.Namespace) -> dict[str, Any]:
         "receive_timeout": 30_000,
         "interarrival": 1000.0 / args.arrival,
         "repeat_num": 1,
+        # lean+poisson, lean+burst: the messages' arrival process (amoc.pacing)
+        "message_arrival": [*args.child.split("+"), "even"][1],
     }
     ctl = Controller(scenario_dirs=[ROOT / "scenarios"])
     print("ready", flush=True)
@@ -677,7 +679,7 @@ def measure(args: argparse.Namespace, clients: list[str], users: int, api: Api, 
             run = run_tsung(case, users, api, work)
         elif c.split("+")[0] == "floor":
             run = run_floor(case, c, users, api)
-        else:
+        else:  # slixmpp, lean, lean+poisson, lean+burst
             run = run_amoc(case, c, users, api)
         rows[c] = (run, figures(run, interval_s, case.messages, args.rate))
     tsung, floor = rows.get("tsung", (None, None))[1], rows.get("floor", (None, None))[1]
@@ -704,6 +706,12 @@ def main() -> None:
         help="Tsung's chat destination (random: any user id, cheaper for Tsung)",
     )
     p.add_argument(
+        "--server-busy-wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ejabberd's schedulers spin before they sleep (Erlang's default)",
+    )
+    p.add_argument(
         "--tsung-busy-wait",
         action="store_true",
         help="Tsung's VM with Erlang's default busy-waiting schedulers",
@@ -719,7 +727,8 @@ def main() -> None:
     p.add_argument("--server-name", default="amoc_bench_tsung")
     p.add_argument("--no-server", action="store_true", help="use a running, provisioned server")
     p.add_argument("--keep", action="store_true", help="keep Tsung's logs and scenarios")
-    p.add_argument("--child", choices=("slixmpp", "lean"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("slixmpp", "lean", "lean+poisson", "lean+burst"),
+                   help=argparse.SUPPRESS)  # fmt: skip
     args = p.parse_args()
     if any(n % 2 or n <= 0 for n in args.users):
         p.error("user counts must be even and positive: amoc users chat in pairs")
