@@ -37,7 +37,7 @@ inventory:
 prepare: dev inventory
 	$(ANSIBLE_PLAYBOOK) ansible/prepare.yml
 
-deploy: dev inventory
+deploy: dev inventory echarts
 	$(ANSIBLE_PLAYBOOK) ansible/deploy.yml
 
 start stop status reports: dev inventory
