@@ -13,7 +13,7 @@ help:
 	@echo "make test       lint and every test (installs what they need)"
 	@echo "make test-unit  the fast tests only (no servers)"
 	@echo "make bench      the benchmarks in bench/"
-	@echo "make bench-tsung  amoc against Tsung (installs Tsung; about 15 min)"
+	@echo "make bench-tsung  Tsung, the floor and amoc, CPU per message (installs Tsung; about 20 min)"
 
 # System packages the tests, the demo and the benchmarks use (Debian).
 DEBS := ejabberd prosody graphite-carbon tmux chromium openssh-server prometheus

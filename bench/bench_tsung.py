@@ -1,36 +1,50 @@
-"""Tsung against amoc (slixmpp client and lean client): one XMPP workload, one server.
+"""Tsung, a floor and amoc's clients: one XMPP workload, one server, CPU per message.
 
     .venv/bin/python bench/bench_tsung.py                          # N = 1000, 5000, 10000
-    .venv/bin/python bench/bench_tsung.py --users 1000 --clients tsung,lean
+    .venv/bin/python bench/bench_tsung.py --users 10000 --clients floor,floor+nostamp,lean
 
 The workload, for each client and N: N users arrive at `--arrival` users/s, log in (SASL
-PLAIN, bind), send presence, then each sends `--messages` chat messages (about 48 bytes of
-body, stamped for time to delivery), one every N / `--rate` seconds, so that all together
-send `--rate` messages/s; then they log out. amoc runs scenarios/xmpp_one_to_one.py (each
-user writes to its neighbour); Tsung's jabber plugin cannot address a computed neighbour
-with stamped messages, so each Tsung message goes to a random online user (the same work
-for the server: one routed one-to-one message).
+PLAIN, bind), send presence, then each sends chat messages (about 48 bytes of body, stamped
+for time to delivery), one every N / `--rate` seconds, so that all together send `--rate`
+messages/s, for long enough that a steady window of `--window` s (every user online and
+chatting, no login or logout in it) fits; then they log out. amoc runs
+scenarios/xmpp_one_to_one.py (each user writes to its neighbour); Tsung's jabber plugin
+cannot address a computed neighbour with stamped messages, so each Tsung message goes to a
+random online user (the same work for the server: one routed one-to-one message).
 
-Tsung is installed from Debian's packages if missing (`apt-get install -y tsung`) and runs
-on this machine without ssh (`use_controller_vm`). The benchmark starts its own ejabberd
-with tools/xmpp_server.py (own name and ports), registers fresh users for every case
-(tsung1000_<i>, slix1000_<i>, lean1000_<i>, ...: no case inherits another's offline
-messages or warm caches), and runs each case in its own process tree, which it samples
-every 50 ms from outside:
+The clients (`--clients`, in this order):
+- `tsung`: Tsung 1.7, installed from Debian's packages if missing, on this machine without
+  ssh (`use_controller_vm`), tuned as far as it goes: loglevel error, no traffic dump, the
+  acks FACTS.md gives, and its Erlang VM without busy-waiting schedulers (`ERL_AFLAGS`;
+  `--tsung-busy-wait` keeps Erlang's default), `--tsung-destination online` (default) or
+  `random`;
+- `floor`: bench/floor_client.py, the least Python can do with the same logins and bytes
+  (uvloop, no XML parser, every send a `loop.call_at`): every row's ratio to it is printed;
+  its variants `floor+bare` (the neighbour's bare JID), `floor+nostamp` (no TTD stamp) and
+  `floor+tickN` (sends bunched onto an N ms grid) measure what each costs the server;
+- `lean` (and `lean+poisson`, `lean+burst`: xmpp_one_to_one's `message_arrival`) and
+  `slixmpp`: amoc's clients, in a process of their own (uvloop, the node's GC tuning).
+
+The benchmark starts its own ejabberd with tools/xmpp_server.py (own name and ports, no
+MAM; `--no-server-busy-wait` starts it without busy-waiting schedulers), registers fresh
+users for every case (tsung1000_<i>, floor1000_<i>, lean1000_<i>, ...: no case inherits
+another's offline messages or warm caches), and runs each case in its own process tree,
+which it samples every 50 ms from outside:
 
 - logins/s: rate at which sessions appear on the server between 10% and 90% of N
   (mod_http_api connected_users_number, interpolated), the same clock for every client;
 - RSS per user: (RSS of the client's process tree once all N are online - RSS just before
   the first session appeared) / N;
-- CPU-s per 1000 messages: CPU of the process tree while every user is chatting (from two
-  intervals after the last login to the first user's last message), per 1000 messages sent
-  plus received in that window (by the schedule: 2 * rate * window);
+- CPU-s per 1000 messages, the client's and the server's: CPU of the process tree (and of
+  ejabberd) in the steady window (from two intervals after the last login to the first
+  user's last message), per 1000 messages sent plus received in it (by the schedule:
+  2 * rate * window);
 - login cores client / server: CPU seconds per second used by the client's process tree
   and by ejabberd between 10% and 90% of N (the machine has `nproc` cores: the one
   nearer its share of them limits the connect phase);
-- TTD: amoc's xmpp.ttd_ms p50 / p99 in the same window (all users chatting), and over the
-  whole run in parentheses (login ramp and logout included); Tsung gives only mean / max
-  over the whole run (xmpp_msg_latency).
+- TTD: p50 / p99 in the same window (all users chatting), and over the whole run in
+  parentheses (login ramp and logout included); Tsung gives only mean / max over the whole
+  run (xmpp_msg_latency).
 
 Every loop is bounded in count and time; each case has a deadline after which its process
 is killed. The server is stopped and removed at the end.
