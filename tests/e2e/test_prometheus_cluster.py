@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 
-from amoc.metrics.promnames import TIME_BUCKETS
 from tests.e2e.cluster import Cluster
 from tests.e2e.terminal import amoc
-from tests.integration.prometheus_server import Prometheus
+from tests.integration.prometheus_server import Prometheus, bucket_of
 from tests.integration.xmpp_fixture import XmppServer
 from tests.net import free_port
 from tests.wait import wait_until
@@ -163,16 +162,6 @@ def cluster_run(
         for name in cluster.slaves:
             amoc(release, "--name", name, "stop")
         prom.stop()
-
-
-def bucket_of(seconds: float) -> tuple[float, float]:
-    """The (lower, upper] bounds of the exposition's bucket that holds `seconds`."""
-    lower = 0.0
-    for bound in TIME_BUCKETS:
-        if seconds <= bound:
-            return lower, bound
-        lower = bound
-    return lower, math.inf
 
 
 def by(result: list[dict[str, Any]], label: str) -> dict[str, float]:

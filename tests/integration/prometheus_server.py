@@ -10,6 +10,7 @@ Never the system service: each instance is our own process, stopped by its pid.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from typing import IO, Any
 
 import pytest
 
+from amoc.metrics.promnames import TIME_BUCKETS
 from tests.net import free_port
 from tests.wait import wait_until
 
@@ -184,3 +186,14 @@ class Prometheus:
         active = self.api("targets", state="active")["activeTargets"]
         mine = [t for t in active if t["labels"].get("job") == job]
         return bool(mine) and all(t["health"] == "up" for t in mine)
+
+
+def bucket_of(seconds: float) -> tuple[float, float]:
+    """The (lower, upper] bounds of the exposition's time bucket (TIME_BUCKETS) that holds
+    `seconds`."""
+    lower = 0.0
+    for bound in TIME_BUCKETS:
+        if seconds <= bound:
+            return lower, bound
+        lower = bound
+    return lower, math.inf

@@ -13,8 +13,8 @@ import pytest
 from amoc.metrics import Registry
 from amoc.metrics.histogram import describe, merge_snapshots
 from amoc.metrics.prometheus import PrometheusEndpoint, render
-from amoc.metrics.promnames import TIME_BUCKETS, family
-from tests.integration.prometheus_server import Prometheus
+from amoc.metrics.promnames import family
+from tests.integration.prometheus_server import Prometheus, bucket_of
 from tests.wait import until
 
 pytestmark = pytest.mark.integration
@@ -71,16 +71,6 @@ def test_promtool_finds_nothing_to_say_about_the_exposition(master: Registry) ->
     assert 'amoc_xmpp_login_failures_total{node="s2@h",scenario="xmpp_one_to_one",' \
         'reason="timeout"} 1' in text  # fmt: skip
     assert "amoc_cluster_control_out_bytes_total" in families
-
-
-def bucket_of(seconds: float) -> tuple[float, float]:
-    """The (lower, upper] bounds of the TIME_BUCKETS bucket that holds `seconds`."""
-    lower = 0.0
-    for bound in TIME_BUCKETS:
-        if seconds <= bound:
-            return lower, bound
-        lower = bound
-    return lower, float("inf")
 
 
 def ask(prom: Prometheus) -> tuple[Any, ...]:
