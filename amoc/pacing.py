@@ -14,9 +14,13 @@ call has run: 7% less CPU per message for xmpp_one_to_one at 10 000 users (bench
 
 The arrival process of the calls (`ARRIVALS`):
 - `even`: exactly `interval` apart. Repeatable, and the smoothest load a server can get.
-- `poisson`: gaps drawn from an exponential law of mean `interval`. Many independent people
-  each doing something now and then add up to a Poisson process: this is what a server
-  meets from real clients, bunches included.
+- `poisson`: the `count` calls at random times over the span of the even schedule
+  (`count * interval` from `start`), in order: given how many calls fall in a span, that is
+  where a Poisson process puts them (gaps of mean `interval`, bunches included). Many
+  independent people each doing something now and then add up to a Poisson process: this
+  is what a server meets from real clients. Drawing each gap from an exponential law
+  instead would let one user's last call drift far past another's (the spread grows with
+  the square root of `count`), and a peer waiting a bounded time for it would give up.
 - `burst`: `even`, with each time rounded up to a grid of `burst` seconds: every user due
   in the same grid cell acts at once (a timer tick, a synchronised client, a batch job).
 """
@@ -35,8 +39,8 @@ ARRIVALS = ("even", "poisson", "burst")
 class _Schedule:
     """The calls left of one `every`, each run from a loop timer."""
 
-    __slots__ = ("burst", "count", "done", "fn", "handle", "interval", "loop", "next_at",
-                 "poisson", "ran")  # fmt: skip
+    __slots__ = ("burst", "count", "done", "done_share", "fn", "handle", "interval", "loop",
+                 "next_at", "poisson", "ran", "span", "start")  # fmt: skip
 
     def __init__(self, fn: Callable[[], Any], count: int, interval: float, start: float,
                  process: str, burst: float) -> None:  # fmt: skip
@@ -47,10 +51,15 @@ class _Schedule:
         self.poisson = process == "poisson"
         self.burst = burst if process == "burst" else 0.0
         self.ran = 0
-        self.next_at = start  # the even schedule's time of the next call
+        self.start = start
+        self.span = count * interval  # poisson: where the calls fall
+        self.done_share = 0.0  # poisson: the share of the span behind the last call
+        self.next_at = start  # the time of the next call
         self.done: asyncio.Future[int] = self.loop.create_future()
         self.done.add_done_callback(self._ended)
         self.handle: asyncio.TimerHandle | None = None
+        if self.poisson:
+            self.next_at = self._next_uniform()
 
     def arm(self) -> None:
         """Set the timer of the next call (or end, when none is left)."""
@@ -74,11 +83,20 @@ class _Schedule:
             if not isinstance(exc, Exception):
                 raise
             return
-        gap = random.expovariate(1.0 / self.interval) if self.poisson else self.interval
-        # Behind the even time (a busy loop) the schedule does not race to catch up.
-        self.next_at = max(self.next_at + gap, self.loop.time()) if self.poisson else (
-            self.next_at + gap)  # fmt: skip
+        if self.poisson:
+            self.next_at = self._next_uniform()
+        else:
+            self.next_at += self.interval
         self.arm()
+
+    def _next_uniform(self) -> float:
+        """The next of `count` sorted uniform times over the span (drawn one at a time: the
+        smallest of the `left` still to come is above `done` by a Beta(1, left) share)."""
+        left = self.count - self.ran
+        if left <= 0:
+            return self.next_at
+        self.done_share += (1.0 - self.done_share) * (1.0 - random.random() ** (1.0 / left))
+        return self.start + self.done_share * self.span
 
     def _ended(self, _done: asyncio.Future[int]) -> None:
         """Cancelled (the user was removed, its task cancelled): no call is left pending."""

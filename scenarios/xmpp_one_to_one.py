@@ -63,7 +63,7 @@ PARAMETERS = [
         "message_arrival",
         "even",
         "how a user's messages are spaced: even (exactly message_interval apart), poisson "
-        "(exponential gaps of that mean: many independent real users) or burst (even, "
+        "(random times over the same span: many independent real users) or burst (even, "
         "bunched onto a grid of message_burst ms)",
         _arrival,
     ),

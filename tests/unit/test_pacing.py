@@ -33,16 +33,23 @@ def test_even_calls_are_interval_apart_from_start_and_the_task_waits_for_the_las
     assert waited >= 0.04
 
 
-def test_poisson_gaps_have_the_interval_as_mean_and_vary() -> None:
-    async def main() -> list[float]:
+def test_poisson_calls_fall_at_random_within_the_even_span() -> None:
+    async def main() -> tuple[float, list[float]]:
         loop = asyncio.get_running_loop()
         times: list[float] = []
-        await pacing.every(0.002, lambda: times.append(loop.time()), 400, process="poisson")
-        return [b - a for a, b in itertools.pairwise(times)]
+        start = loop.time() + 0.01
+        await pacing.every(
+            0.002, lambda: times.append(loop.time()), 400, start=start, process="poisson"
+        )
+        return start, times
 
-    gaps = run(main())
+    start, times = run(main())
+    assert len(times) == 400 and times == sorted(times)
+    assert times[0] >= start - 0.001
+    assert times[-1] <= start + 400 * 0.002 + 0.01  # never far past the even schedule's end
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert statistics.mean(gaps) == pytest.approx(0.002, rel=0.35)
-    assert statistics.pstdev(gaps) > 0.0005  # exponential gaps, not a fixed step
+    assert statistics.pstdev(gaps) > 0.0005  # random gaps, not a fixed step
 
 
 def test_burst_bunches_calls_onto_the_grid() -> None:
