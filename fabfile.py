@@ -340,12 +340,26 @@ exit $failed"""
     )
 
 
-def _cluster_nodes(master: Host) -> list[dict[str, Any]]:
+def _master_status(master: Host) -> dict[str, Any] | None:
+    """The master daemon's cluster status (None: it does not run)."""
     code, out = master.run(f"~/{MASTER}/bin/amoc --name master status --json")
+    if code == 3:
+        return None
     if code != 0:
         raise HostError(f"the master does not answer: {out}")
-    cluster = json.loads(out).get("cluster") or {}
-    return list(cluster.get("node", []))
+    return dict(json.loads(out).get("cluster") or {})
+
+
+def _up(status: dict[str, Any]) -> set[str]:
+    """The slave nodes a cluster status says are up."""
+    return {str(n["name"]) for n in status.get("node", []) if n.get("up")}
+
+
+def _cluster_nodes(master: Host) -> list[dict[str, Any]]:
+    status = _master_status(master)
+    if status is None:
+        raise HostError("the master does not answer: it is not running")
+    return list(status.get("node", []))
 
 
 def _start(cluster: Cluster, master: Outcome | None = None) -> list[Outcome]:
@@ -453,16 +467,6 @@ def restart(c: Any) -> None:
 RUN_MARGIN = 180.0  # s a headless run may take beyond its duration (slaves, stop, report)
 
 
-def _master_status(master: Host) -> dict[str, Any] | None:
-    """The master daemon's cluster status (None: it does not run)."""
-    code, out = master.run(f"~/{MASTER}/bin/amoc --name master status --json")
-    if code == 3:
-        return None
-    if code != 0:
-        raise HostError(f"the master does not answer: {out}")
-    return dict(json.loads(out).get("cluster") or {})
-
-
 def _headless_command(scenario: str, users: int, duration: float, options: dict[str, Any]) -> str:
     """bin/amoc run on the master, with the task's options."""
     words = [f"~/{MASTER}/bin/amoc", "--name", "master", "run", shlex.quote(scenario)]
@@ -526,8 +530,7 @@ def _cluster_view(master: Host) -> tuple[set[str], bool] | None:
         return None
     if status is None:
         return None
-    up = {str(n["name"]) for n in status.get("node", []) if n.get("up")}
-    return up, status.get("state") in ACTIVE
+    return _up(status), status.get("state") in ACTIVE
 
 
 def _taken_over(master: Host, nodes: set[str], active: bool) -> Outcome:
@@ -558,22 +561,6 @@ def _gone(master: Host) -> None:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-
-
-def _wait_joined(master: Host, count: int) -> Outcome:
-    """The master daemon, started again, sees `count` slave nodes up."""
-    deadline = time.monotonic() + JOIN_TIMEOUT
-    while True:
-        try:
-            up = sum(1 for n in _cluster_nodes(master) if n.get("up"))
-        except HostError as exc:
-            return Outcome(master, False, str(exc))
-        if up >= count or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    if up < count:
-        return Outcome(master, False, f"master daemon started; {up} of {count} slave nodes back")
-    return Outcome(master, True, f"master daemon started again, {_count(up, 'slave node')} up")
 
 
 @task(
@@ -616,10 +603,10 @@ def run(
             "users placed): stop it first (make console, then amoc_dist.stop())",
             code=2,
         )
-    slaves = sum(1 for n in status.get("node", []) if n.get("up"))
-    if slaves == 0:
+    up = _up(status)
+    if not up:
         raise Exit("run: no slave node is up (make start, make status)", code=2)
-    options = {"slaves": slaves, "first": first, "rate": rate, "comment": comment}
+    options = {"slaves": len(up), "first": first, "rate": rate, "comment": comment}
     options |= {"thresholds": thresholds, "settings": settings}
     command = _headless_command(scenario, users, duration, options)
     # The master daemon holds the cluster's port: the headless master takes its place for
@@ -634,9 +621,10 @@ def run(
     finally:
         _gone(master)
         back = _start_master(master)
-        joined = _wait_joined(master, slaves) if back.ok else back
+        joined = _taken_over(master, up, active=False) if back.ok else back
     verdict = {0: "passed", 1: "a threshold failed", 2: "refused"}.get(code, "failed")
-    text = f"run {verdict} (exit {code}); {joined.text}"
+    again = "master daemon started again, " if back.ok else ""
+    text = f"run {verdict} (exit {code}); {again}{joined.text}"
     summary("run", [Outcome(master, joined.ok and code in (0, 1), text)])
     if code != 0:
         raise Exit(f"run: {verdict} (exit {code})", code=code)

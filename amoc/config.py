@@ -194,6 +194,15 @@ def non_negative_ms(value: Any) -> float | int:
     return value
 
 
+def positive_ms(value: Any) -> float | int:
+    """Verify a duration in milliseconds: a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected milliseconds as a number, got {type(value).__name__}")
+    if not value > 0 or math.isinf(value):
+        raise ValueError("must be a finite number of ms > 0")
+    return value
+
+
 def optional_text(value: Any) -> str | None:
     """Verify an optional string: a string, or None ('' counts as None)."""
     if value is None or value == "":

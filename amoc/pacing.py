@@ -99,7 +99,8 @@ class _Schedule:
         return self.start + self.done_share * self.span
 
     def _ended(self, _done: asyncio.Future[int]) -> None:
-        """Cancelled (the user was removed, its task cancelled): no call is left pending."""
+        """The schedule ended (done, failed, or cancelled with its user): no call is left
+        pending."""
         if self.handle is not None:
             self.handle.cancel()
 
@@ -113,8 +114,10 @@ def every(
     process: str = "even",
     burst: float = 0.1,
 ) -> asyncio.Future[int]:
-    """Call `fn()` `count` times, `interval` s apart on average, the first at `start` (the
-    loop's clock; default one interval from now) and the rest by `process` (`ARRIVALS`).
+    """Call `fn()` `count` times, `interval` s apart on average, from `start` (the loop's
+    clock; default one interval from now), spaced by `process` (`ARRIVALS`): the first call
+    is at `start` for `even` (on the grid after it for `burst`), within the span for
+    `poisson`.
 
     Await the future it returns: it ends with the number of calls once the last has run, or
     with what `fn` raised (no call follows). Cancelling it (a cancelled await does) cancels

@@ -54,10 +54,9 @@ class Floor:
 class User(asyncio.Protocol):
     """One user: a byte-pattern login, then timed sends and counted receipts."""
 
-    def __init__(self, floor: Floor, user_id: int, ended: asyncio.Future[None]) -> None:
+    def __init__(self, floor: Floor, user_id: int) -> None:
         self.floor = floor
         self.user_id = user_id
-        self.ended = ended
         self.buffer = b""
         self.waiting: bytes | None = None  # a login step's pattern
         self.step: asyncio.Future[bytes] | None = None
@@ -92,8 +91,6 @@ class User(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.step is not None and not self.step.done():
             self.step.set_exception(ConnectionError(f"user {self.user_id}: connection lost"))
-        if not self.ended.done():
-            self.ended.set_result(None)
 
     def _messages(self, data: bytes) -> None:
         """Count each message, read its stamp (a split message counts when it completes)."""
@@ -160,10 +157,9 @@ async def user(floor: Floor, user_id: int) -> None:
     """Log in, send the scheduled messages, wait for the neighbour's, leave."""
     a = floor.args
     loop = asyncio.get_running_loop()
-    ended: asyncio.Future[None] = loop.create_future()
     try:
         _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: User(floor, user_id, ended), a.host, a.port),
+            loop.create_connection(lambda: User(floor, user_id), a.host, a.port),
             a.timeout,
         )
         await proto.login()

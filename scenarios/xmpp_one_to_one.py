@@ -34,7 +34,7 @@ import random
 from dataclasses import dataclass, field
 
 from amoc import metrics, pacing, xmpp
-from amoc.config import amoc_config, non_negative_int, non_negative_ms, param
+from amoc.config import amoc_config, non_negative_int, non_negative_ms, param, positive_ms
 from amoc.xmpp import stamp
 
 log = logging.getLogger("amoc.scenario.xmpp_one_to_one")
@@ -46,13 +46,6 @@ def _arrival(value: object) -> str:
     if value not in pacing.ARRIVALS:
         raise ValueError(f"must be one of {', '.join(pacing.ARRIVALS)}")
     return str(value)
-
-
-def _positive_ms(value: object) -> float:
-    ms = non_negative_ms(value)
-    if ms <= 0:
-        raise ValueError("must be a number of ms > 0")
-    return ms
 
 
 PARAMETERS = [
@@ -67,7 +60,7 @@ PARAMETERS = [
         "bunched onto a grid of message_burst ms)",
         _arrival,
     ),
-    param("message_burst", 100, "ms: the grid of message_arrival = burst", _positive_ms),
+    param("message_burst", 100, "ms: the grid of message_arrival = burst", positive_ms),
     param(
         "receive_timeout",
         30_000,

@@ -38,13 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from dataclasses import dataclass, field
-from typing import Any
 
 from amoc import coordinator, metrics, xmpp
-from amoc.config import amoc_config, non_negative_int, non_negative_ms, param
+from amoc.config import amoc_config, non_negative_int, non_negative_ms, param, positive_ms
 from amoc.xmpp import pred, roster
 from amoc.xmpp.parser import Element
 
@@ -52,14 +50,6 @@ log = logging.getLogger("amoc.scenario.xmpp_presence_roster")
 
 COORDINATOR = "presence_roster_pairs"
 STATUS = "amoc presence update "
-
-
-def _positive_ms(value: Any) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected milliseconds as a number, got {type(value).__name__}")
-    if not value > 0 or math.isinf(value):
-        raise ValueError("must be a finite number of ms > 0")
-    return value
 
 
 PARAMETERS = [
@@ -70,7 +60,7 @@ PARAMETERS = [
         "subscription_timeout",
         10_000,
         "ms a user waits for its contact's 'subscribed' (and its request)",
-        _positive_ms,
+        positive_ms,
     ),
     param(
         "receive_timeout",
@@ -82,7 +72,7 @@ PARAMETERS = [
         "pair_timeout",
         30_000,
         "ms the coordinator waits for a user's partner before leaving it alone",
-        _positive_ms,
+        positive_ms,
     ),
 ]
 

@@ -7,11 +7,10 @@ short name (`port=...`, `password=...`). Durations are in milliseconds, as every
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from amoc.config import Config, Param, amoc_config, non_negative_int, param
+from amoc.config import Config, Param, amoc_config, non_negative_int, param, positive_ms
 from amoc.errors import ConfigError
 from amoc.xmpp.addressing import (
     check_pick,
@@ -156,21 +155,13 @@ def _ack_every(value: Any) -> int:
 
 
 def _resume_timeout(value: Any) -> float | int:
-    ms = _positive_ms(value)
+    ms = positive_ms(value)
     if ms > SM_RESUME_TIMEOUT_MAX:
         raise ValueError(
             f"must be at most {SM_RESUME_TIMEOUT_MAX} ms (servers keep a dropped session "
             "for 300 s (ejabberd) to 600 s (Prosody) at most)"
         )
     return ms
-
-
-def _positive_ms(value: Any) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"expected milliseconds as a number, got {type(value).__name__}")
-    if not value > 0 or math.isinf(value):
-        raise ValueError("must be a finite number of ms > 0")
-    return value
 
 
 PARAMETERS: list[Param] = [
@@ -244,9 +235,9 @@ PARAMETERS: list[Param] = [
     param("xmpp_username_prefix", "user_", "account name = prefix + user id", _text),
     param("xmpp_password_prefix", "password_", "password = prefix + user id", _text),
     param("xmpp_resource", "amoc", "resource to bind (empty: the server picks)", _text),
-    param("xmpp_connect_timeout", 10_000, "ms allowed for connect + auth + bind", _positive_ms),
-    param("xmpp_reply_timeout", 5_000, "ms to wait for a presence echo", _positive_ms),
-    param("xmpp_stop_timeout", 5_000, "ms allowed for a clean stream close", _positive_ms),
+    param("xmpp_connect_timeout", 10_000, "ms allowed for connect + auth + bind", positive_ms),
+    param("xmpp_reply_timeout", 5_000, "ms to wait for a presence echo", positive_ms),
+    param("xmpp_stop_timeout", 5_000, "ms allowed for a clean stream close", positive_ms),
     param("xmpp_inbox_size", 100, "messages kept for wait_message (0: none)", non_negative_int),
     param(
         "xmpp_stanza_buffer",

@@ -40,7 +40,8 @@ DEFINED = {
         "SECRET_NAMES", "SECRET_SUFFIXES", "Updater", "Verifier", "amoc_config", "at_least",
         "check_names", "closest", "get", "is_secret_name", "load_app_config", "mask_url",
         "masked", "non_negative_int", "non_negative_ms", "optional_per_minute",
-        "optional_port", "optional_text", "param", "parse_literal", "repeat_count",
+        "optional_port", "optional_text", "param", "parse_literal", "positive_ms",
+        "repeat_count",
         "restart_needed", "scrub", "set", "unknown_name",
     ],
     "amoc.throttle": [
