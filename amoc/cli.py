@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amoc import __version__, api, metrics
+from amoc import __version__, api, metrics, monitor
 from amoc.cluster import settings as cluster_settings
 from amoc.cluster.master import Master
 from amoc.config import parse_literal
@@ -248,19 +248,9 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
     except _Refused as exc:
         print(f"amoc: {exc}", file=sys.stderr)
         return 2
-    node = Node(home)
-    if args.report:
-        node.config.set("report_dir", str(Path(args.report).resolve()), strict=False)
-    try:
-        _set_start_only(node, settings)
-    except AmocError as exc:
-        print(f"amoc: {exc}", file=sys.stderr)
-        return 2
-    try:
-        node.start()
-    except AmocError as exc:
-        print(f"amoc: {exc}", file=sys.stderr)
-        return 1
+    node, code = start_node(home, args.report, settings)
+    if node is None:
+        return code
     run = _HeadlessRun(node, args)
     for signum in STOP_SIGNALS:
         signal.signal(signum, run.on_signal)
@@ -277,28 +267,68 @@ def cmd_run(home: Home, args: argparse.Namespace) -> int:
     # The run's own figures: a long-lived slave's counters started before it.
     snapshot = report_recorder.since(metrics.REGISTRY.snapshot(), before)
     summary = metrics.summary(snapshot)
-    written = node.recorder.last_report if node.recorder else None
-    node.shutdown()
-    failed = thresholds.check(limits, snapshot, summary)
     report = {
         "controller": final,
         "metrics": summary,
-        "report": str(written) if written else None,
-        "failed": failed,
+        **_recorded(node),
+        "failed": thresholds.check(limits, snapshot, summary),
     }
+    node.shutdown()
+    failed, bound = report["failed"], report["client_bound"]
     if args.json:
         print(json.dumps(report, indent=2, default=repr))
     else:
         _print_report(report)
-        if written:
-            print(f"report: {written}")
+        if report["report"]:
+            print(f"report: {report['report']}")
     for line in failed:
         print(f"amoc: {line}", file=sys.stderr)
+    if bound:
+        print(f"amoc: {bound}", file=sys.stderr)
     if run.signalled:
         name = signal.Signals(run.signalled[0]).name
         print(f"amoc: the run was ended early by {name}", file=sys.stderr)
         return 128 + run.signalled[0]
     return 1 if failed else 0
+
+
+def start_node(home: Home, report: str | None, settings: dict[str, Any]) -> tuple[Node | None, int]:
+    """A started node for a headless command (its start-only settings taken out of
+    `settings`), or None and the exit code: 2 for a refused setting, 1 for a failure."""
+    node = Node(home)
+    if report:
+        node.config.set("report_dir", str(Path(report).resolve()), strict=False)
+    try:
+        _set_start_only(node, settings)
+    except AmocError as exc:
+        print(f"amoc: {exc}", file=sys.stderr)
+        return None, 2
+    try:
+        node.start()
+    except AmocError as exc:
+        print(f"amoc: {exc}", file=sys.stderr)
+        return None, 2 if refused_at_start(exc) else 1
+    return node, 0
+
+
+def _recorded(node: Node) -> dict[str, Any]:
+    """What the node's recorder kept of the run: the report, the client-bound verdict, the
+    monitored servers."""
+    rec = node.recorder
+    if rec is None:
+        return {"report": None, "client_bound": None, "monitored": {}}
+    return {
+        "report": str(rec.last_report) if rec.last_report else None,
+        "client_bound": node.read(rec.client_bound),
+        "monitored": node.read(rec.monitored),
+    }
+
+
+def refused_at_start(exc: BaseException) -> bool:
+    """Whether a node failed to start on a bad setting (exit 2), not a fault (exit 1)."""
+    from amoc.monitor import MonitorError
+
+    return isinstance(exc.__cause__, MonitorError) or isinstance(exc, MonitorError)
 
 
 class _Refused(Exception):
@@ -337,9 +367,11 @@ def _run_options(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
 
 
 def _set_start_only(node: Node, settings: dict[str, Any]) -> None:
-    """Settings read when the node starts (prometheus_*, graphite_*, api_*, cluster_*) go
-    in before it; they leave `settings`."""
-    node.config.declare([*metrics.PARAMETERS, *api.PARAMETERS, *cluster_settings.PARAMETERS])
+    """Settings read when the node starts (prometheus_*, graphite_*, api_*, cluster_*,
+    monitor_*) go in before it; they leave `settings`."""
+    node.config.declare(
+        [*metrics.PARAMETERS, *api.PARAMETERS, *cluster_settings.PARAMETERS, *monitor.PARAMETERS]
+    )
     declared = node.config.known()
     for name in [n for n in settings if getattr(declared.get(n.lower()), "start_only", False)]:
         node.config.set(name, settings.pop(name))
@@ -424,6 +456,10 @@ def _print_report(report: dict[str, Any]) -> None:
             f"{users['finished']} finished, {users['failed_runs']} failed runs, "
             f"{users['runs']} runs"
         )
+    for label, entry in sorted(report.get("monitored", {}).items()):
+        print(f"  server {label} ({entry['what']}): {entry['samples']} samples, {entry['status']}")
+    if report.get("client_bound"):
+        print(report["client_bound"])
     for name, value in sorted(report["metrics"].items()):
         if isinstance(value, dict):
             figures = ", ".join(

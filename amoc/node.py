@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from amoc import __version__, api, metrics, user_errors, watchdog
+from amoc import __version__, api, health, metrics, monitor, user_errors, watchdog
 from amoc import scenario as scenario_mod
 from amoc.cluster import settings as cluster_settings
 from amoc.cluster.master import Master
@@ -103,6 +103,8 @@ class Node:
         self.master: Master | None = None
         self.slave: SlaveLink | None = None
         self.recorder: report_recorder.Recorder | None = None
+        self.monitor: monitor.Monitor | None = None  # the servers under test (master, local)
+        self.health: health.LoopHealth | None = None
         self.stopped = threading.Event()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -139,6 +141,8 @@ class Node:
         self.config.declare(report_recorder.PARAMETERS)
         self.config.declare(watchdog.PARAMETERS)
         self.config.declare(user_errors.PARAMETERS)
+        self.config.declare(health.PARAMETERS)
+        self.config.declare(monitor.PARAMETERS)
         install_streams()
         tune_gc()
         self._thread = threading.Thread(target=self._run, name="amoc-loop", daemon=True)
@@ -200,7 +204,8 @@ class Node:
 
         def watch(seconds: float | None = None) -> None:
             """A live table of users, rates, TTD and errors, per node; Ctrl+C ends it."""
-            live.watch(lambda: self.call(self._sample_now()), seconds)
+            bounds = health.Bounds.from_config(self.config)
+            live.watch(lambda: self.call(self._sample_now()), seconds, bounds=bounds)
 
         def report() -> str | None:
             """Where the last run's report is (written when a scenario stops)."""
@@ -263,6 +268,12 @@ class Node:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         self.controller = Controller(self.scenario_dirs(), self.config)
+        if self.config.get("cluster_role") != "slave":  # the master samples the servers
+            self.monitor = monitor.Monitor.from_config(self.config)
+            if self.monitor is not None:
+                await self.monitor.check()  # a name that matches nothing: refused here
+        self.health = health.LoopHealth(metrics.REGISTRY)
+        self.health.start()
         self.metrics_service = metrics.MetricsService(self.config)
         await self.metrics_service.start()
         await self._join_cluster()
@@ -273,9 +284,13 @@ class Node:
         api_server = await api.start_node_api(self.config, self.controller, self.home, self.master)
         if self.slave is None:  # the master (or a local node) reports the run
             self.recorder = report_recorder.Recorder(
-                self.sample, self.config, self.home.root / "reports", self.home.name
-            )
+                self.sample, self.config, self.home.root / "reports", self.home.name,
+                monitor=self.monitor,
+            )  # fmt: skip
             self.recorder.start()
+        if self.monitor is not None:
+            self.monitor.start()
+            metrics.REGISTRY.collect_with(self.monitor.exposition)
         server = await serve(self.home.socket, self._handle)
         self._ready.set()
         try:
@@ -295,6 +310,10 @@ class Node:
                 await self.recorder.stop()
             await self.metrics_service.stop()
             metrics.REGISTRY.label_with("", None)
+            metrics.REGISTRY.collect_with(None)
+            if self.monitor is not None:
+                await self.monitor.stop()
+            self.health.stop()
             with contextlib.suppress(FileNotFoundError):
                 self.home.socket.unlink()
 
@@ -316,6 +335,7 @@ class Node:
             "targets": targets,
             "scenario": scenario,
             "state": state,
+            "monitor": self.monitor.view() if self.monitor is not None else {},
         }
 
     def _by_node(self) -> dict[str, Any]:

@@ -130,6 +130,8 @@ def render(registry: Registry) -> str:
         last[event["what"]] = max(last.get(event["what"], 0.0), event["when"])
     for what, when in sorted(last.items()):
         expo.sample(events, (("node", registry.node_name), *run, ("what", what)), when)
+    for fam, labels, value in registry.collected():  # the monitored servers' (label host)
+        expo.sample(fam, labels, value)
     return expo.text()
 
 

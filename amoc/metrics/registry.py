@@ -70,6 +70,9 @@ class Registry:
         # This node's name and where every node's snapshot comes from, by name (label_with).
         self._name = ""
         self._sample: Callable[[], Mapping[str, Any]] | None = None
+        # Series that are no node's (a monitored server's, labelled by host): collect_with.
+        self._collect: Callable[[], Iterable[tuple[Any, tuple[tuple[str, str], ...], float]]]
+        self._collect = _nothing
 
     def counter(self, name: str) -> Counter:
         """The counter called `name`, created at 0 when new."""
@@ -129,6 +132,17 @@ class Registry:
         own joins them under `name`. None: `by_node()` gives the merged view, unnamed."""
         self._name, self._sample = name, sample
 
+    def collect_with(
+        self, collect: Callable[[], Iterable[tuple[Any, tuple[tuple[str, str], ...], float]]] | None
+    ) -> None:
+        """Make `collected()` (and so /metrics) include `collect()`'s samples: (family,
+        labels, value) of series that are no node's own (None: none)."""
+        self._collect = collect or _nothing
+
+    def collected(self) -> list[tuple[Any, tuple[tuple[str, str], ...], float]]:
+        """The samples of `collect_with`'s source."""
+        return list(self._collect())
+
     @property
     def node_name(self) -> str:
         """This node's name as `label_with` gave it ("" until then)."""
@@ -171,6 +185,10 @@ class Registry:
             for h in self.histograms.values():
                 h.reset()
             self.annotations.clear()
+
+
+def _nothing() -> list[tuple[Any, tuple[tuple[str, str], ...], float]]:
+    return []
 
 
 def merge(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

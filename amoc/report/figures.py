@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from amoc import health
 from amoc.metrics.histogram import describe, difference
 from amoc.metrics.registry import merge
 
@@ -19,6 +20,8 @@ COLUMNS = (
     ("ttd_p50", "ttd p50 ms"),
     ("ttd_p99", "ttd p99 ms"),
     ("errors", "errors"),
+    ("cpu", "cpu %"),
+    ("lag_p99", "lag p99 ms"),
 )
 
 _ERRORS = (
@@ -143,6 +146,16 @@ def row(
     old = before.get("histograms", {}).get("xmpp.ttd_ms") if before else None
     ttd = describe(difference(hist, old)) if hist else {"p50": math.nan, "p99": math.nan}
     running = _gauge(now, "users.running")
+    # The load generator's own health: CPU (% of one core; a total adds the nodes') and loop
+    # lag p99 over the interval (amoc.health).
+    cpu = math.nan
+    if before is not None and health.CPU in now.get("counters", {}):
+        cpu = 100 * (_counter(now, health.CPU) - _counter(before, health.CPU)) / 1000 / dt
+    lag_hist = now.get("histograms", {}).get(health.LAG)
+    lag = math.nan
+    if lag_hist and before is not None:
+        got = describe(difference(lag_hist, before.get("histograms", {}).get(health.LAG)))
+        lag = float(got["p99"]) if got["count"] else math.nan
     return {
         "target": float(target if target is not None else running),
         "running": running,
@@ -152,6 +165,8 @@ def row(
         "ttd_p50": float(ttd["p50"]),
         "ttd_p99": float(ttd["p99"]),
         "errors": errors(now),
+        "cpu": max(0.0, cpu) if not math.isnan(cpu) else cpu,
+        "lag_p99": lag,
         **features(now, before, seconds),
     }
 

@@ -38,8 +38,16 @@ CHARTS = (
      (("ttd_p99", "TTD p99"),)),
     ("Errors (cumulative)", "errors", (("errors", "errors"),), (("errors", "errors"),)),
 )  # fmt: skip
+# The load generator's own health (amoc.health), after the servers' charts.
+HEALTH_CHARTS = (
+    ("Load generator: CPU", "% of one core", (("cpu", "amoc CPU"),), (("cpu", "CPU"),)),
+    ("Load generator: event-loop lag", "ms", (("lag_p99", "loop lag p99"),),
+     (("lag_p99", "lag p99"),)),
+)  # fmt: skip
 # The columns kept per node (the rest are the cluster's only).
-NODE_COLUMNS = ("running", "logins_s", "messages_s", "ttd_p99", "errors")
+NODE_COLUMNS = ("running", "logins_s", "messages_s", "ttd_p99", "errors", "cpu", "lag_p99")
+# A server chart: (title, unit, [(column, legend)]), from amoc.monitor's `charts()`.
+ServerChart = tuple[str, str, Sequence[tuple[str, str]]]
 _SCRIPT = """
 (function () {
   var data = JSON.parse(document.getElementById("amoc-data").textContent);
@@ -113,17 +121,27 @@ def line_charts(
     rows: Sequence[Mapping[str, float]],
     nodes: Mapping[str, Sequence[Mapping[str, float]]],
     extra: Sequence[str],
+    servers: Sequence[ServerChart] = (),
 ) -> list[dict[str, Any]]:
-    """The time charts: the run's totals, a line per node, the feature figures."""
+    """The time charts: the run's totals with a line per node, the monitored servers under
+    them, the load generator's health, the feature figures."""
     out = []
-    for title, unit, series, per_node in CHARTS:
-        lines = [_line(started, rows, c, label) for c, label in series]
-        lines += [
-            _line(started, node_rows, c, f"{label} {node}")
-            for c, label in per_node
-            for node, node_rows in sorted(nodes.items())
-        ]
+
+    def client(charts: Sequence[Any]) -> None:
+        for title, unit, series, per_node in charts:
+            lines = [_line(started, rows, c, label) for c, label in series]
+            lines += [
+                _line(started, node_rows, c, f"{label} {node}")
+                for c, label in per_node
+                for node, node_rows in sorted(nodes.items())
+            ]
+            out.append({"title": title, "unit": unit, "kind": "line", "series": lines})
+
+    client(CHARTS)
+    for title, unit, columns in servers:
+        lines = [_line(started, rows, c, label) for c, label in columns]
         out.append({"title": title, "unit": unit, "kind": "line", "series": lines})
+    client(HEALTH_CHARTS)
     for title, columns in feature_charts(extra):
         unit = "per second" if "rates" in title else "ms"
         lines = [_line(started, rows, c, label) for c, label in columns]
@@ -135,7 +153,8 @@ def distribution_chart(histograms: Mapping[str, Mapping[str, Any]]) -> dict[str,
     """The run's latency histograms (`*_ms`) as shares of their values per bucket."""
     bars = []
     for name, hist in sorted(histograms.items()):
-        if not name.endswith("_ms") or not hist.get("count"):
+        # The load generator's own (node.loop_lag_ms) has its chart over time.
+        if not name.endswith("_ms") or not hist.get("count") or name.startswith("node."):
             continue
         cumulative = bucket_counts(hist, TIME_BUCKETS, 0.001)
         counts = [b - a for a, b in zip([0, *cumulative], cumulative, strict=False)]
@@ -168,12 +187,18 @@ def write(
     nodes: Mapping[str, Sequence[dict[str, float]]] | None = None,
     markers: Sequence[Mapping[str, Any]] = (),
     histograms: Mapping[str, Mapping[str, Any]] | None = None,
+    servers: Sequence[ServerChart] = (),
+    monitored: Mapping[str, Mapping[str, Any]] | None = None,
+    client_bound: str | None = None,
 ) -> Path:
     """Write the report, readable by its owner only (0600 files, 0700 directory).
 
     The path of index.html. `parameters` are shown as given: pass Config.describe()'s rows,
     in which secrets are already ***. `nodes`: each node's rows (NODE_COLUMNS), `markers`:
-    {"t": s since the start, "text": ...}, `histograms`: the run's histogram snapshots."""
+    {"t": s since the start, "text": ...}, `histograms`: the run's histogram snapshots,
+    `servers`: the monitored servers' charts (their columns are in `rows`), `monitored`:
+    per source {"what": ..., "samples": n, "status": ...} ("no data" when it gave none),
+    `client_bound`: the verdict line when a load node was saturated."""
     private_dir(directory)
     columns = ["t", *(c for c, _ in COLUMNS)]
     extra = sorted({k for r in rows for k in r} - set(columns))
@@ -184,12 +209,12 @@ def write(
     for r in rows:
         out.writerow([_cell(r.get(c, math.nan)) for c in columns])
     private_write(directory / "series.csv", table.getvalue())
-    private_write(
-        directory / "summary.json",
-        json.dumps({"run": info, "metrics": summary}, indent=2, default=str) + "\n",
-    )
+    extra = [c for c in extra if not c.startswith("mon.")]
+    doc = {"run": info, "metrics": summary, "client_bound": client_bound,
+           "monitored": dict(monitored or {})}  # fmt: skip
+    private_write(directory / "summary.json", json.dumps(doc, indent=2, default=str) + "\n")
     started = float(info.get("started") or 0.0)
-    charts = line_charts(started, rows, nodes or {}, extra)
+    charts = line_charts(started, rows, nodes or {}, extra, servers)
     dist = distribution_chart(histograms or {})
     if dist is not None:
         charts.append(dist)
@@ -200,7 +225,8 @@ def write(
             for m in sorted(markers, key=lambda m: float(m["t"]))
         ],
     }
-    page = _page(info, len(rows), parameters, summary, charts, data)
+    page = _page(info, len(rows), parameters, summary, charts, data,
+                 _notes(monitored or {}, client_bound))  # fmt: skip
     index = directory / "index.html"
     private_write(index, page)
     return index
@@ -213,6 +239,7 @@ def _page(
     summary: Mapping[str, Any],
     charts: Sequence[Mapping[str, Any]],
     data: Mapping[str, Any],
+    notes: str = "",
 ) -> str:
     params = "\n".join(
         f"<tr><td>{html.escape(n)}</td><td>{html.escape(repr(v))}</td>"
@@ -246,13 +273,14 @@ table {{ border-collapse: collapse; margin: 1em 0; }}
 td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: left; font-size: 13px; }}
 .chart {{ width: 100%; max-width: 1100px; height: 380px; margin: 0 0 1.5em; }}
 h3 {{ display: none; }}
-.missing {{ color: #b00; font-weight: bold; }}
+.missing, .bound {{ color: #b00; font-weight: bold; }}
 </style></head><body>
 <h1>amoc report: {scenario}</h1>
 <p>Comment: <b>{html.escape(str(info.get("comment") or "-"))}</b></p>
 <p>Started {started}, lasted {info.get("duration_s", 0):.0f} s, {samples} samples;
 node {html.escape(str(info.get("node")))}. Raw series: <a href="series.csv">series.csv</a>,
 figures: <a href="summary.json">summary.json</a>. Drag or scroll on a plot to zoom.</p>
+{notes}
 <h2>Plots</h2>
 <ul class="markers">{markers}</ul>
 {boxes}
@@ -269,6 +297,25 @@ figures: <a href="summary.json">summary.json</a>. Drag or scroll on a plot to zo
 </table>
 </body></html>
 """
+
+
+def _notes(monitored: Mapping[str, Mapping[str, Any]], client_bound: str | None) -> str:
+    """The client-bound verdict and the table of monitored servers (no data marked)."""
+    out = ""
+    if client_bound:
+        out += f'<p class="bound" id="client-bound">{html.escape(client_bound)}</p>\n'
+    if monitored:
+        lines = "\n".join(
+            f"<tr><td>{html.escape(label)}</td><td>{html.escape(str(m.get('what', '')))}</td>"
+            f"<td>{int(m.get('samples', 0))}</td><td>{html.escape(str(m.get('status', '')))}"
+            "</td></tr>"
+            for label, m in sorted(monitored.items())
+        )
+        out += (
+            '<h2>Servers under test</h2>\n<table class="monitored"><tr><th>host</th>'
+            f"<th>source</th><th>samples</th><th>status</th></tr>\n{lines}\n</table>\n"
+        )
+    return out
 
 
 def private_dir(directory: Path) -> None:

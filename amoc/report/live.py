@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from amoc import health
 from amoc.report.figures import COLUMNS, feature_lines, fmt, row, total
 
 # What a view needs, from the node (or over the attach socket): {"time": wall clock,
 # "nodes": {name: snapshot}, "targets": {name: users placed}, "scenario": name or None,
-# "state": the run's state (idle, starting, running, finished, stopping)}.
+# "state": the run's state (idle, starting, running, finished, stopping), "monitor": the
+# monitored servers' latest figures (amoc.monitor.Monitor.view)}.
 Sample = dict[str, Any]
 
 
@@ -22,8 +25,39 @@ def progress(running: float, target: float, width: int = 30) -> str:
     return f"[{'#' * done}{'-' * (width - done)}] {share:4.0%} {int(running)}/{int(target)} users"
 
 
-def frame(now: Sample, before: Sample | None) -> list[str]:
-    """The lines of one frame."""
+def server_lines(view: dict[str, Any]) -> list[str]:
+    """A line per monitored server: `server localhost: cpu 85%  mem 2.1 GiB  load 1.3  beam.smp
+    cpu 64% rss 310 MiB` (`no data` while it does not answer)."""
+    lines = []
+    for label, entry in sorted(view.items()):
+        if not entry.get("up"):
+            why = entry.get("error") or "not sampled yet"
+            lines.append(f"server {label}: no data ({why})")
+            continue
+        parts = [f"cpu {fmt('', 100 * entry.get('cpu', math.nan))}%",
+                 f"mem {entry.get('mem_used', 0) / 2**30:.1f} GiB",
+                 f"load {fmt('', entry.get('load1', math.nan))}"]  # fmt: skip
+        for name, p in sorted(entry.get("procs", {}).items()):
+            parts.append(f"{name} cpu {fmt('', 100 * p['cpu'])}% rss {p['rss'] / 2**20:.0f} MiB")
+        lines.append(f"server {label}: " + "  ".join(parts))
+    return lines
+
+
+def health_line(now: Sample, before: Sample | None, saturation: health.Saturation) -> str | None:
+    """The client-bound line when a load node has been saturated for long enough."""
+    if before is None:
+        return None
+    for name, snap in now["nodes"].items():
+        old = before["nodes"].get(name)
+        if old is not None and snap.get("time", 0.0) > old.get("time", 0.0):
+            saturation.add(name, old["time"], snap["time"], health.reading(snap, old))
+    return health.verdict_line(saturation.now_bound())
+
+
+def frame(
+    now: Sample, before: Sample | None, saturation: health.Saturation | None = None
+) -> list[str]:
+    """The lines of one frame (`saturation`: the view's spells, for the client-bound line)."""
     seconds = now["time"] - before["time"] if before else 1.0
     names = list(now["nodes"])
     rows: list[tuple[str, dict[str, float]]] = []
@@ -53,6 +87,10 @@ def frame(now: Sample, before: Sample | None) -> list[str]:
         lines.append("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in
                                enumerate(zip(line, widths, strict=True))))  # fmt: skip
     lines.extend(feature_lines(all_row))
+    lines.extend(server_lines(now.get("monitor") or {}))
+    bound = health_line(now, before, saturation) if saturation is not None else None
+    if bound:
+        lines.append(bound)
     return lines
 
 
@@ -61,16 +99,19 @@ def watch(
     seconds: float | None = None,
     out: TextIO | None = None,
     interval: float = 1.0,
+    bounds: health.Bounds | None = None,
 ) -> None:
-    """Redraw the view every `interval` s for `seconds` (None: until Ctrl+C)."""
+    """Redraw the view every `interval` s for `seconds` (None: until Ctrl+C); `bounds`: when
+    a load node counts as saturated (the client-bound line)."""
     out = out or sys.stdout
     deadline = None if seconds is None else time.monotonic() + seconds
     before: Sample | None = None
     drawn = 0
+    saturation = health.Saturation(bounds or health.Bounds())
     try:
         while True:
             now = sample()
-            lines = frame(now, before)
+            lines = frame(now, before, saturation)
             if drawn:
                 out.write(f"\x1b[{drawn}F\x1b[J")  # back to the first line, clear below
             out.write("\n".join(lines) + "\n")

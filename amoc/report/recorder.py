@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from amoc import metrics
+from amoc import health, metrics
 from amoc.config import Config, Param, optional_text
 from amoc.metrics.histogram import difference
 from amoc.report import html, markers
@@ -45,9 +45,19 @@ class Recorder:
     """Samples the figures every `interval` s between scenario_start and scenario_stop."""
 
     def __init__(
-        self, sample: Sampler, config: Config, default_dir: Path, node: str, interval: float = 1.0
+        self,
+        sample: Sampler,
+        config: Config,
+        default_dir: Path,
+        node: str,
+        interval: float = 1.0,
+        monitor: Any = None,
     ) -> None:
         self.sample = sample
+        # The servers under test (an amoc.monitor.Monitor or None): its columns join each row.
+        self.monitor = monitor
+        # Which load node was saturated when, on the run's time axis (amoc.health).
+        self.saturation = health.Saturation(health.Bounds.from_config(config))
         self.config = config
         self.default_dir = default_dir
         self.node = node
@@ -62,6 +72,7 @@ class Recorder:
         self.last_report: Path | None = None
         self._task: asyncio.Task[None] | None = None
         self._before: dict[str, Any] | None = None
+        self._before_nodes: dict[str, Any] = {}  # each node's last snapshot (health)
         self._at_start: dict[str, Any] | None = None  # the figures when the run started
 
     def start(self) -> None:
@@ -100,6 +111,7 @@ class Recorder:
             }
             self.rows.clear()
             self.node_rows.clear()
+            self.saturation = health.Saturation(health.Bounds.from_config(self.config))
             self.markers = [
                 {
                     "t": event["when"] - self.info["started"],
@@ -108,6 +120,7 @@ class Recorder:
             ]
             self._changes.clear()
             self._before = None
+            self._before_nodes = {}
             self._at_start = metrics.REGISTRY.snapshot()
             self._take()
             if self._task is None or self._task.done():
@@ -148,8 +161,11 @@ class Recorder:
         target = sum(now["targets"].values()) if now["targets"] else None
         figures = row(merged, before["merged"] if before else None, seconds, target)
         figures["t"] = now["time"] - self.info["started"]
+        if self.monitor is not None:
+            figures.update(self.monitor.columns(self.info["started"]))
         self.rows.append(figures)
         self._per_node(now, seconds, figures["t"])
+        self._health(now)
         self._rate_markers()
         self._before = {"time": now["time"], "merged": merged, "nodes": now["nodes"]}
         if now.get("state") == "finished" and self._task is not None:
@@ -172,6 +188,51 @@ class Recorder:
             figures = row(snap, old.get(name), seconds, now["targets"].get(name))
             kept = {c: figures[c] for c in html.NODE_COLUMNS}
             self.node_rows.setdefault(name, deque(maxlen=MAX_ROWS)).append({"t": t, **kept})
+
+    def _health(self, now: dict[str, Any]) -> None:
+        """Each node's loop lag and CPU over the interval, into the saturation spells; a
+        marker where a node's spell becomes client-bound."""
+        assert self.info is not None
+        old = self._before_nodes
+        started = self.info["started"]
+        for name, snap in now["nodes"].items():
+            before = old.get(name)
+            if before is not None and snap.get("time", 0.0) <= before.get("time", 0.0):
+                continue  # no newer snapshot from that node (no heartbeat since the last row)
+            old[name] = snap
+            if before is None:
+                continue
+            t0, t1 = before.get("time", 0.0) - started, snap.get("time", 0.0) - started
+            was = {id(s) for s in self.saturation.now_bound()}
+            self.saturation.add(name, t0, t1, health.reading(snap, before))
+            for spell in self.saturation.now_bound():
+                if id(spell) not in was and spell.node == name:
+                    self.markers.append({"t": spell.start, "text": f"client-bound {name}"})
+
+    def client_bound(self, since: float = -1e18, until: float = 1e18) -> str | None:
+        """The client-bound verdict over the run (or [since, until], s on its axis)."""
+        return self.saturation.verdict(since, until)
+
+    def monitored(self) -> dict[str, dict[str, Any]]:
+        """Per monitored source: what it is, how many of the run's rows have its data, and
+        its status (`no data` when none)."""
+        if self.monitor is None:
+            return {}
+        now = self.monitor.status()
+        out = {}
+        for label, what in self.monitor.describe().items():
+            prefix = f"mon.{label}."
+            samples = sum(
+                1 for r in self.rows if any(k.startswith(prefix) and r[k] == r[k] for k in r)
+            )
+            if samples == 0:
+                status = now[label] if now[label] != "ok" else "no data"
+            elif samples < len(self.rows):
+                status = f"data in {samples} of {len(self.rows)} samples; now {now[label]}"
+            else:
+                status = "ok"
+            out[label] = {"what": what, "samples": samples, "status": status}
+        return out
 
     def _rate_markers(self) -> None:
         """Markers for the rate settings changed since the last sample."""
@@ -197,6 +258,9 @@ class Recorder:
             nodes={name: list(rows) for name, rows in self.node_rows.items()},
             markers=self.markers,
             histograms=run.get("histograms", {}),
+            servers=self.monitor.charts() if self.monitor is not None else (),
+            monitored=self.monitored(),
+            client_bound=self.client_bound(),
         )
 
 

@@ -77,7 +77,8 @@ def test_headless_run_writes_a_report_with_plots(release: Path, tmp_path: Path) 
     assert index.parent.parent == tmp_path
     page = index.read_text()
     assert "nightly" in page and "dummy_wait" in page
-    assert page.count('class="chart"') == 4 and "echarts" in page
+    # Users, rates, TTD, errors; the load generator's CPU and loop lag.
+    assert page.count('class="chart"') == 6 and "echarts" in page
     rows = list(csv.DictReader((index.parent / "series.csv").read_text().splitlines()))
     assert len(rows) >= 4
     assert max(float(r["running"]) for r in rows) == 20
@@ -97,7 +98,8 @@ def test_headless_run_writes_a_report_with_plots(release: Path, tmp_path: Path) 
          "--virtual-time-budget=5000", index.as_uri()],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
-    assert 'data-charts="4"' in dom and "Time to delivery" in dom
+    assert 'data-charts="6"' in dom and "Time to delivery" in dom
+    assert "amoc CPU" in dom and "loop lag p99" in dom
     assert "TTD p99" in dom and "do dummy (20 users)" in dom  # a legend entry, the do marker
 
 

@@ -1,0 +1,256 @@
+"""The load generator's own health: event-loop lag and process CPU, and the client-bound verdict.
+
+Every node measures, in its own loop, how late its timers fire (`node.loop_lag_ms`, a
+histogram: a timer due every `HEALTH_TICK_S` records how late it ran) and the CPU its
+process used (`node.cpu_ms`, a counter of CPU milliseconds, every thread included). Both are
+ordinary metrics: they travel in the heartbeat's snapshot, merge on the master, and reach
+/metrics as `amoc_node_loop_lag_seconds` and `amoc_node_cpu_seconds_total`.
+
+A node is saturated in an interval when its loop lag p99 exceeds `client_lag_bound` or its
+CPU exceeds `client_cpu_bound` of one core; when that lasts `client_bound_sustain` ms, the
+run is client-bound: its figures include the load generator's own delay. `Saturation` keeps
+those spells per node (the recorder, the live view and the capacity search read them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from amoc.config import Config, Param
+from amoc.metrics.histogram import describe, difference
+from amoc.metrics.registry import Registry
+
+LAG = "node.loop_lag_ms"
+CPU = "node.cpu_ms"
+HEALTH_TICK_S = 0.05  # 20 timers a second: a few microseconds of CPU per second
+
+
+def _share(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a share of one core (0.85 is 85%), got {value!r}")
+    if not 0 < value <= 1:
+        raise ValueError("must be > 0 and <= 1 (a share of one core: 0.85 is 85%)")
+    return float(value)
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected milliseconds as a number, got {value!r}")
+    if not 0 < value < math.inf:
+        raise ValueError("must be a finite number of ms > 0")
+    return float(value)
+
+
+PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "client_lag_bound",
+        50,
+        "ms of event-loop lag (p99 over a second) above which a load node is saturated",
+        _positive,
+    ),
+    Param(
+        "client_cpu_bound",
+        0.85,
+        "share of one core above which a load node is saturated (0.85: 85%)",
+        _share,
+    ),
+    Param(
+        "client_bound_sustain",
+        3000,
+        "ms a load node must stay saturated before the run is called client-bound",
+        _positive,
+    ),
+)
+
+
+class LoopHealth:
+    """Measures this node's loop lag and process CPU into `registry` (start in the loop)."""
+
+    def __init__(self, registry: Registry, tick: float = HEALTH_TICK_S) -> None:
+        self.tick = tick
+        self._lag = registry.histogram(LAG)
+        self._cpu = registry.counter(CPU)
+        self._cpu_seen = 0.0  # process CPU seconds already counted (ms counted as integers)
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start the timer chain in the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._cpu_seen = time.process_time() - self._cpu.value / 1000.0
+        self._schedule(self._loop.time() + self.tick)
+
+    def stop(self) -> None:
+        """Stop measuring."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self, due: float) -> None:
+        assert self._loop is not None
+        self._handle = self._loop.call_at(due, self._turn, due)
+
+    def _turn(self, due: float) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        self._lag.record(max(0.0, now - due) * 1000.0)
+        used = time.process_time() - self._cpu_seen
+        whole = int(used * 1000.0)
+        if whole > 0:
+            self._cpu.inc(whole)
+            self._cpu_seen += whole / 1000.0
+        self._schedule(now + self.tick)  # from now: a late turn does not bunch the next ones
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One node's health over one interval."""
+
+    cpu: float  # share of one core (1.0: a whole core), NaN when unknown
+    lag_p99: float  # ms, NaN when no timer fired
+    lag_max: float  # ms
+
+
+def reading(now: Mapping[str, Any], before: Mapping[str, Any] | None) -> Reading:
+    """A node's health between two of its snapshots (their own `time` stamps)."""
+    nan = math.nan
+    if before is None:
+        return Reading(nan, nan, nan)
+    seconds = float(now.get("time", 0.0)) - float(before.get("time", 0.0))
+    counters, old = now.get("counters", {}), before.get("counters", {})
+    cpu = nan
+    if CPU in counters and seconds > 0:
+        cpu = max(0.0, counters[CPU] - old.get(CPU, 0)) / 1000.0 / seconds
+    hist = now.get("histograms", {}).get(LAG)
+    if not hist:
+        return Reading(cpu, nan, nan)
+    lag = describe(difference(hist, before.get("histograms", {}).get(LAG)))
+    if not lag["count"]:
+        return Reading(cpu, nan, nan)
+    return Reading(cpu, float(lag["p99"]), float(lag["max"]))
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """When a node counts as saturated, and for how long before a run is client-bound."""
+
+    lag_ms: float = 50.0
+    cpu: float = 0.85
+    sustain_s: float = 3.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> Bounds:
+        """The bounds the settings give."""
+        config.declare(PARAMETERS)
+        return cls(
+            float(config.get("client_lag_bound")),
+            float(config.get("client_cpu_bound")),
+            float(config.get("client_bound_sustain")) / 1000.0,
+        )
+
+    def why(self, r: Reading) -> str | None:
+        """What saturates a node in this reading (None: healthy)."""
+        if r.lag_p99 > self.lag_ms:
+            return f"loop lag p99 {r.lag_p99:.0f} ms > {self.lag_ms:g} ms"
+        if r.cpu > self.cpu:
+            return f"CPU {r.cpu:.0%} of a core > {self.cpu:.0%}"
+        return None
+
+
+@dataclass
+class Spell:
+    """A stretch of time in which one node was saturated (times: the run's axis, s)."""
+
+    node: str
+    start: float
+    end: float
+    why: str
+    cpu: float  # the highest CPU share seen in it
+    lag_p99: float  # the highest lag p99 seen in it (ms)
+
+    @property
+    def seconds(self) -> float:
+        """How long it lasted."""
+        return self.end - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly."""
+        return {
+            "node": self.node,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "why": self.why,
+            "cpu": _round(self.cpu),
+            "lag_p99_ms": _round(self.lag_p99),
+        }
+
+
+def _highest(a: float, b: float) -> float:
+    if math.isnan(a):
+        return b
+    return a if math.isnan(b) else max(a, b)
+
+
+def _round(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 4)
+
+
+@dataclass
+class Saturation:
+    """Per node, the spells of saturation in a run; those that lasted `sustain_s` count."""
+
+    bounds: Bounds = field(default_factory=Bounds)
+    spells: list[Spell] = field(default_factory=list)  # ended or still open, in time order
+    _open: dict[str, Spell] = field(default_factory=dict)
+
+    def add(self, node: str, t0: float, t1: float, r: Reading) -> bool:
+        """Note a node's reading over [t0, t1]; whether it is saturated now."""
+        why = self.bounds.why(r)
+        spell = self._open.get(node)
+        if why is None:
+            self._open.pop(node, None)
+            return False
+        if spell is None:
+            spell = Spell(node, t0, t1, why, r.cpu, r.lag_p99)
+            self._open[node] = spell
+            self.spells.append(spell)
+        spell.end = t1
+        spell.cpu = _highest(spell.cpu, r.cpu)
+        spell.lag_p99 = _highest(spell.lag_p99, r.lag_p99)
+        return True
+
+    def bound(self, since: float = -math.inf, until: float = math.inf) -> list[Spell]:
+        """The sustained spells that overlap [since, until]."""
+        return [
+            s
+            for s in self.spells
+            if s.seconds >= self.bounds.sustain_s - 1e-6 and s.end > since and s.start < until
+        ]
+
+    def now_bound(self) -> list[Spell]:
+        """The sustained spells still going on."""
+        return [s for s in self._open.values() if s.seconds >= self.bounds.sustain_s - 1e-6]
+
+    def verdict(self, since: float = -math.inf, until: float = math.inf) -> str | None:
+        """The client-bound line (None: the load generator kept up)."""
+        return verdict_line(self.bound(since, until))
+
+
+CLIENT_BOUND = "client-bound: figures include the load generator's delay"
+
+
+def verdict_line(spells: list[Spell]) -> str | None:
+    """`client-bound: ... (node s1@h: CPU 97% of a core > 85% for 12 s)`, or None."""
+    if not spells:
+        return None
+    worst: dict[str, Spell] = {}
+    for s in spells:
+        if s.node not in worst or s.seconds > worst[s.node].seconds:
+            worst[s.node] = s
+    parts = [f"node {n}: {s.why} for {s.seconds:.0f} s" for n, s in sorted(worst.items())]
+    return f"{CLIENT_BOUND} ({'; '.join(parts)})"
