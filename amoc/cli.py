@@ -311,6 +311,90 @@ def start_node(home: Home, report: str | None, settings: dict[str, Any]) -> tupl
     return node, 0
 
 
+def _capacity_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The search's Plan and its settings from the command line, or CapacityError."""
+    from amoc import capacity
+
+    try:
+        settings, _limits = _run_options(_as_run(args))
+    except _Refused as exc:
+        raise capacity.CapacityError(str(exc)) from None
+    if (args.users is None) == (args.rate is None):
+        raise capacity.CapacityError("give one of --users START:STEP:MAX or --rate START:STEP:MAX")
+    mode = "users" if args.users is not None else "rate"
+    option = f"--{mode}"
+    steps = capacity.parse_steps(args.users or args.rate, option, whole=mode == "users")
+    numbers = {"--arrival": args.arrival, "--resolution": args.resolution}
+    for name, value in numbers.items():
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            raise capacity.CapacityError(f"{name} must be a number > 0")
+    plan = capacity.Plan(
+        scenario=args.scenario, mode=mode, steps=steps,
+        thresholds=tuple(capacity.parse_thresholds(args.thresholds or [])),
+        hold_s=capacity.parse_duration(args.hold, "--hold"),
+        settle_s=capacity.parse_duration(args.settle, "--settle"),
+        ramp_s=capacity.parse_duration(args.ramp, "--ramp"),
+        resolution=args.resolution or 0.0, arrival=args.arrival or 100.0, first=args.first,
+    )  # fmt: skip
+    return plan, settings
+
+
+def _as_run(args: argparse.Namespace) -> argparse.Namespace:
+    """find-capacity's options as `run`'s (the --set values, checked the same way)."""
+    return argparse.Namespace(
+        set=args.set, rate=None, fail_if=[], max_error_ratio=None, max_ttd_p99=None,
+        users=1, duration=1.0, slaves=args.slaves,
+    )  # fmt: skip
+
+
+def cmd_find_capacity(home: Home, args: argparse.Namespace) -> int:
+    """Step the load up, hold, bisect: the largest load that held and the first limit."""
+    import dataclasses
+
+    from amoc import capacity, health
+
+    setup_logging(home, terminal=True)
+    try:
+        plan, settings = _capacity_plan(args)
+    except capacity.CapacityError as exc:
+        print(f"amoc: {exc}", file=sys.stderr)
+        return 2
+    node, code = start_node(home, args.report, settings)
+    if node is None:
+        return code
+    specs = node.monitor.specs if node.monitor is not None else ()
+    try:
+        capacity.parse_thresholds([t.text for t in plan.thresholds], monitored=bool(specs))
+    except capacity.CapacityError as exc:
+        print(f"amoc: {exc}", file=sys.stderr)
+        node.shutdown()
+        return 2
+    plan = dataclasses.replace(plan, settings=settings)
+    run = _HeadlessRun(node, args)
+    bench = capacity.Bench(
+        run.runner, node.call, node.read, node.sample, node.recorder, specs,
+        health.Bounds.from_config(node.config), run.ended,
+    )  # fmt: skip
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, run.on_signal)
+    try:
+        if node.master is not None:
+            run._wait_for_slaves(node.master, args.slaves)
+        outcome = capacity.Search(plan, bench, log=lambda line: log.info("%s", line)).run()
+    except AmocError as exc:
+        print(f"amoc: {exc}", file=sys.stderr)
+        node.shutdown()
+        return 2
+    where = node.recorder.default_dir if node.recorder else home.root / "reports"
+    written = capacity.write(outcome, Path(node.config.get("report_dir") or where))
+    node.shutdown()
+    print(json.dumps(outcome.to_dict(), indent=2, default=str) if args.json else repr(outcome))
+    print(f"capacity report: {written}")
+    if run.signalled:
+        return 128 + run.signalled[0]
+    return outcome.exit_code()
+
+
 def _recorded(node: Node) -> dict[str, Any]:
     """What the node's recorder kept of the run: the report, the client-bound verdict, the
     monitored servers."""
@@ -522,11 +606,42 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="on a cluster master: wait for this many slaves before starting (default 1)",
     )
+    _capacity_parser(sub)
     keys = sub.add_parser("keys", help="make the cluster's CURVE keys")
     keys.add_argument("dir", nargs="?", help="where (default: the release's keys/)")
     keys.add_argument("--force", action="store_true", help="replace existing keys")
     sub.add_parser("_daemon", help=argparse.SUPPRESS)
     return top
+
+
+def _capacity_parser(sub: Any) -> None:
+    find = sub.add_parser(
+        "find-capacity",
+        help="raise the load step by step until a threshold breaks, then bisect",
+        description="Each step is a fresh run at one load, ramped up, settled and held; the "
+        "thresholds are checked over the hold. Exit 0: a capacity was found, 1: even the "
+        "first step failed, 2: bad input.",
+    )
+    find.add_argument("scenario")
+    find.add_argument("--users", metavar="START:STEP:MAX", help="users per step")
+    find.add_argument(
+        "--rate", metavar="START:STEP:MAX", help="users arriving per second (user_rate)"
+    )
+    find.add_argument(
+        "--thresholds", "--threshold", action="append", metavar="'COND; COND'",
+        help="limits, e.g. 'xmpp.ttd_ms.p99 < 5; server.cpu < 90' (error_ratio <= 0.01 is "
+        "added unless given)",
+    )  # fmt: skip
+    find.add_argument("--hold", default="60s", help="the steady window of a step (60s)")
+    find.add_argument("--settle", default="2s", help="after the ramp, before the hold (2s)")
+    find.add_argument("--ramp", default="10s", help="--rate: arrivals before the hold (10s)")
+    find.add_argument("--resolution", type=float, help="bisect down to this (a quarter step)")
+    find.add_argument("--arrival", type=float, help="--users: users started per second (100)")
+    find.add_argument("--first", type=int, default=1, help="first user id (default 1)")
+    find.add_argument("--set", action="append", metavar="NAME=VALUE", help="a config value")
+    find.add_argument("--report", metavar="DIR", help="write the reports under DIR")
+    find.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    find.add_argument("--slaves", type=int, default=1, help="on a master: slaves to wait for")
 
 
 COMMANDS = {
@@ -537,6 +652,7 @@ COMMANDS = {
     "status": cmd_status,
     "run": cmd_run,
     "keys": cmd_keys,
+    "find-capacity": cmd_find_capacity,
     "_daemon": cmd_daemon,
 }
 

@@ -1,0 +1,136 @@
+"""`bin/amoc find-capacity` against the managed ejabberd: a limit this machine reaches (TTD
+p99 under 5 ms while the message rate rises with the users), found twice within 20%; the
+same search with the amoc node held to a fifth of a core (a cgroup CPU quota) says
+client-bound, not a server limit; bad plans and thresholds refused before any user starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.xmpp_fixture import XmppServer
+
+pytestmark = pytest.mark.integration
+
+FIRST = 170_001
+MOST = 1800
+
+
+def search(
+    release: Path, server: XmppServer, report: Path, *extra: str, prefix: list[str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """A search of xmpp_one_to_one (each user sends 10 messages a second) over
+    200:400:1800 users, holding each step 4 s; its output and capacity.json."""
+    pid = int(server.state()["pid"])
+    args = [
+        *(prefix or []), str(release / "bin" / "amoc"), "--name", f"cap{os.getpid()}",
+        "find-capacity", "xmpp_one_to_one", "--users", f"200:400:{MOST}", "--first", str(FIRST),
+        "--hold", "4s", "--settle", "1s", "--arrival", "1000", "--report", str(report),
+        "--thresholds", "xmpp.ttd_ms.p99 < 5",
+        "--set", f"xmpp_port={server.port}", "--set", "xmpp_sasl=PLAIN",
+        "--set", "messages_per_user=300", "--set", "message_interval=100",
+        "--set", f"monitor_hosts=['local:{pid}']", *extra,
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=400)
+    found = re.search(r"capacity report: (\S+)", done.stdout)
+    assert found, (done.stdout, done.stderr)
+    outcome = json.loads((Path(found.group(1)).parent / "capacity.json").read_text())
+    return done, outcome
+
+
+@pytest.fixture(scope="module")
+def users(xmpp_server: XmppServer) -> XmppServer:
+    xmpp_server.register(FIRST, FIRST + MOST - 1)
+    return xmpp_server
+
+
+def test_a_search_finds_the_limit_and_a_second_lands_within_20_percent(
+    release: Path, users: XmppServer, tmp_path: Path
+) -> None:
+    found = []
+    for n in (1, 2):
+        done, outcome = search(release, users, tmp_path / str(n))
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert not outcome["client_bound"], done.stdout
+        assert outcome["held"] and outcome["broke"], done.stdout
+        assert "xmpp.ttd_ms.p99 < 5" in outcome["broke"]["failed"][0], done.stdout
+        assert outcome["held"] < outcome["broke"]["load"] <= outcome["held"] + 200
+        steps = [s["load"] for s in outcome["steps"]]
+        assert steps[:2] == [200, 600] and all(s % 2 == 0 for s in steps)  # pairs stay pairs
+        # The printed table and verdict, and the server's CPU measured on every step.
+        assert re.search(r"^ +1 +200 ", done.stdout, re.M), done.stdout
+        assert f"capacity: {outcome['held']:g} users held; first limit:" in done.stdout
+        assert all(s["figures"]["server_cpu"] > 0 for s in outcome["steps"]), outcome
+        found.append(outcome["held"])
+    assert abs(found[1] - found[0]) <= 0.2 * found[0], found
+
+
+@contextmanager
+def cpu_limited(share: float) -> Iterator[list[str]]:
+    """A command prefix that runs a program with at most `share` of one core (a cgroup CPU
+    quota: cgroup v2's cpu.max, else v1's cpu.cfs_quota_us); the group is removed after."""
+    v2 = Path("/sys/fs/cgroup/cpu.max")
+    name = f"amoc_test_{os.getpid()}"
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists() and v2.exists():
+        group = Path("/sys/fs/cgroup") / name
+        group.mkdir()
+        (group / "cpu.max").write_text(f"{int(share * 100_000)} 100000\n")
+    else:
+        group = Path("/sys/fs/cgroup/cpu") / name
+        assert group.parent.is_dir(), "no cgroup CPU controller: cannot limit the amoc node"
+        group.mkdir()
+        (group / "cpu.cfs_period_us").write_text("100000\n")
+        (group / "cpu.cfs_quota_us").write_text(f"{int(share * 100_000)}\n")
+    try:
+        yield ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "limited"]
+    finally:
+        group.rmdir()  # empty again: the limited program has ended
+
+
+def test_a_search_whose_amoc_node_is_starved_says_client_bound(
+    release: Path, users: XmppServer, tmp_path: Path
+) -> None:
+    with cpu_limited(0.2) as prefix:
+        done, outcome = search(release, users, tmp_path, prefix=prefix)
+    assert outcome["client_bound"], done.stdout
+    assert "the load generator was saturated, not the server" in done.stdout, done.stdout
+    assert "client-bound: figures include the load generator's delay (node cap" in done.stdout
+    assert "first limit:" not in done.stdout  # no false server limit
+    assert outcome["more_nodes"] >= 1 and "more amoc node" in done.stdout
+    assert done.returncode == (0 if outcome["held"] else 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--users", "400:0:800"], "--users '400:0:800': the plan does not rise"),
+        (["--users", "800:100:400"], "the plan does not rise"),
+        (["--users", "100:100"], "expected START:STEP:MAX"),
+        (["--users", "100:100:400", "--thresholds", "xmpp.tdd_ms.p99 < 5"],
+         "unknown metric 'xmpp.tdd_ms.p99' (did you mean 'xmpp.ttd_ms.p99'?)"),
+        (["--users", "100:100:400", "--thresholds", "server.cpu < 90"],
+         "server metric needs monitor_hosts"),
+        (["--users", "100:100:400", "--hold", "soon"], "--hold 'soon'"),
+        (["--users", "100:100:400", "--set", "monitor_hosts=['snmp:h']"],
+         "unknown monitor kind 'snmp'"),
+    ],
+)  # fmt: skip
+def test_bad_searches_are_refused_before_any_user_starts(
+    release: Path, tmp_path: Path, args: list[str], says: str
+) -> None:
+    done = subprocess.run(
+        [str(release / "bin" / "amoc"), "--name", f"bad{os.getpid()}", "find-capacity", "dummy",
+         "--report", str(tmp_path), *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert says in done.stderr, done.stderr
+    assert not list(tmp_path.iterdir())  # no step ran
