@@ -326,6 +326,13 @@ class Router(Inbox):
             return
         self._keep(attrs.get("from", ""), body.text, sent_us, ttd, delayed)
 
+    def _route_stamped_chat(self, sender: str, body: str, us: str) -> None:
+        """What `_route_message` does with a stamped chat message that nobody watches (the
+        lean client's shortcut, `parser.stamped_chats`, read it without a parser)."""
+        received_us = stamp.now_us()
+        sent_us = stamp.decode_value(us)
+        self._keep(sender, body, sent_us, self._count_chat(sent_us, received_us), False)
+
     @staticmethod
     def _count_groupchat(sent_us: int | None, received_us: int, delayed: bool) -> None:
         metrics.counter("xmpp.muc.messages.received").inc()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from amoc import metrics, xmpp
+from amoc.xmpp import lean as lean_mod
 from tests.integration.xmpp_fixture import (
     XmppServer,
     connect_kw,
@@ -146,6 +147,58 @@ def test_one_to_one_with_the_lean_client_delivers_every_message(xmpp_server: Any
     assert delta["one_to_one.incomplete"] == 0 and delta["xmpp.disconnects"] == 0
     assert metrics.histogram("xmpp.ttd_ms").count - ttd_before == delta["xmpp.messages.received"]
     assert metrics.gauge("xmpp.connected").value == 0
+
+
+# -- the receive path's shortcut ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["ejabberd", "prosody"])
+def test_chat_messages_as_the_servers_deliver_them_take_the_shortcut(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """ejabberd and Prosody (STARTTLS, SCRAM) deliver amoc's chat messages in the form that
+    parser.stamped_chats reads without expat, and what it reads is what the parser reads."""
+    server: XmppServer = request.getfixturevalue(
+        "xmpp_server" if kind == "ejabberd" else "prosody_server"
+    )
+    first = 20_011 if kind == "ejabberd" else 20_013
+    server.register(first, first + 1)
+    kw = server_kw(server)
+    if kind == "prosody":
+        kw.update(port=server.port, tls="starttls", tls_verify=True, tls_ca_file=server.cert)
+    taken: list[tuple[str, str, str]] = []
+
+    def spy(data: bytes) -> Any:
+        chats, rest = stamped_chats(data)
+        taken.extend(chats)
+        return chats, rest
+
+    stamped_chats = lean_mod.stamped_chats
+    monkeypatch.setattr(lean_mod, "stamped_chats", spy)
+
+    async def run() -> tuple[list[xmpp.Message], list[xmpp.Message], str]:
+        a = await xmpp.connect(first, **kw)
+        b = await xmpp.connect(first + 1, **kw)
+        await a.send_presence()
+        await b.send_presence()
+        for _ in range(3):
+            a.send_chat(first + 1)
+        await b.wait_received(3, timeout_ms=5000)
+        short = b.take_messages()
+        b.add_handler(xmpp.pred.chat(), lambda _stanza: False)  # watched: the parser's way
+        a.send_chat(first + 1)
+        await b.wait_received(4, timeout_ms=5000)
+        parsed = b.take_messages()
+        await a.stop()
+        await b.stop()
+        return short, parsed, a.bound_jid
+
+    short, parsed, sender = asyncio.run(run())
+    assert [m.body for m in short] == [f"message {n} from user_{first}" for n in (1, 2, 3)]
+    assert [(f, b) for f, b, _us in taken] == [(sender, m.body) for m in short]
+    assert all(m.sender == sender and m.ttd_ms is not None and m.ttd_ms >= 0 for m in short)
+    assert [m.body for m in parsed] == [f"message 4 from user_{first}"]
+    assert parsed[0].sender == sender and parsed[0].sent_us is not None
 
 
 # -- the server goes away mid-session -------------------------------------------------------

@@ -204,6 +204,128 @@ def test_data_after_the_stream_closed_is_an_error() -> None:
         rec.parser.feed(MESSAGE)
 
 
+# -- the parser's shortcut for stamped chat messages -----------------------------------------
+
+EJABBERD_CHAT = (
+    "<message xml:lang='en' to='user_2@localhost/amoc' from='user_1@localhost/amoc' "
+    "type='chat' id='1-1'><stamp xmlns='urn:amoc:ttd' us='1764041123456789'/>"
+    "<body>message 1 from user_1 é€𝄞</body></message>"
+)
+PROSODY_CHAT = (
+    "<message xml:lang='en' to='user_2@localhost/amoc' from='user_1@localhost/amoc' "
+    "type='chat' id='1-1'><body>message 1 from user_1</body><stamp us='1764041123456789' "
+    "xmlns='urn:amoc:ttd'/><stanza-id xmlns='urn:xmpp:sid:0' by='user_2@localhost' "
+    "id='5D2FhsVDaSeBmxUC'/></message>"
+)
+# Each a variant of one of the two: (from, to) replacements. The shortcut takes these:
+TAKEN = [
+    (EJABBERD_CHAT, []),
+    (PROSODY_CHAT, []),
+    (EJABBERD_CHAT, [("'", '"')]),  # double quotes
+    (EJABBERD_CHAT, [(" xml:lang='en'", " xmlns='jabber:client'")]),
+    (EJABBERD_CHAT, [("type='chat' ", "")]),  # a normal message
+    (EJABBERD_CHAT, [("<body>message 1 from user_1 é€𝄞", "<body>")]),  # empty
+    (EJABBERD_CHAT, [("us='1764041123456789'/>", "us='1764041123456789' />")]),
+]
+# and leaves these to expat: what expat reads differently or refuses, and what the router
+# does not count as a plain chat message.
+LEFT = [
+    (EJABBERD_CHAT, [("type='chat'", "type='error'")]),
+    (EJABBERD_CHAT, [("type='chat'", "type='groupchat'")]),
+    (EJABBERD_CHAT, [(" xml:lang='en'", " xmlns='jabber:server'")]),
+    (EJABBERD_CHAT, [("id='1-1'", "id='1-1' id='1-2'")]),  # duplicate attribute
+    (EJABBERD_CHAT, [("xml:lang", "p:lang")]),  # unbound prefix
+    (EJABBERD_CHAT, [("from user_1", "&amp; &lt;3")]),  # entities
+    (EJABBERD_CHAT, [("from user_1", "]]>")]),  # not allowed in text
+    (EJABBERD_CHAT, [("from user_1", "a\r\nb")]),  # line ends are normalised
+    (EJABBERD_CHAT, [("from user_1", "a\x01b")]),  # not an XML character
+    (EJABBERD_CHAT, [("id='1-1'", "id='1\t1'")]),  # attribute values are normalised
+    (EJABBERD_CHAT, [("id='1-1'", "id='a=b'")]),
+    (EJABBERD_CHAT, [("urn:amoc:ttd", "urn:other")]),
+    (EJABBERD_CHAT, [("us='1764041123456789'", "us='17640x1123456789'")]),
+    (EJABBERD_CHAT, [("<stamp ", "<stamp us='1' ")]),
+    (EJABBERD_CHAT, [("<body>", "<body xml:lang='en'>")]),
+    (EJABBERD_CHAT, [("</body>", "</body><delay xmlns='urn:xmpp:delay'/>")]),
+    (EJABBERD_CHAT, [("<body>message 1 from user_1 é€𝄞</body>", "")]),
+    (EJABBERD_CHAT, [("</body>", "</body><body>again</body>")]),
+    (PROSODY_CHAT, [("urn:xmpp:sid:0", "urn:xmpp:delay")]),
+    (PROSODY_CHAT, [("by='user_2@localhost'", "by='a' by='b'")]),
+    (EJABBERD_CHAT, [("</message>", "</mess>")]),
+]
+
+
+def _variant(base: str, changes: list[tuple[str, str]]) -> bytes:
+    for old, new in changes:
+        assert old in base
+        base = base.replace(old, new)
+    return base.encode()
+
+
+def _what_expat_reads(data: bytes) -> tuple[str, str, str | None] | str:
+    """(from, body, stamp) of the one message the parser reads, or what is wrong."""
+    try:
+        events = parse_whole(HEADER + data)
+    except XmlError as exc:
+        return f"refused: {exc}"
+    [_open, (_tag, attrs, _text, children)] = events
+    kids = {child[0]: child for child in children}
+    body = kids.get("jabber:client body")
+    stamp = kids.get("urn:amoc:ttd stamp")
+    return (
+        attrs.get("from", ""),
+        body[2] if body else "",
+        stamp[1].get("us") if stamp else None,
+    )
+
+
+@pytest.mark.parametrize(("base", "changes"), TAKEN)
+def test_the_shortcut_reads_what_expat_reads(base: str, changes: list[tuple[str, str]]) -> None:
+    data = _variant(base, changes)
+    chats, rest = parser_mod.stamped_chats(data)
+    assert rest == b""
+    assert chats == [_what_expat_reads(data)]
+
+
+@pytest.mark.parametrize(("base", "changes"), LEFT)
+def test_the_shortcut_leaves_the_rest_to_expat(base: str, changes: list[tuple[str, str]]) -> None:
+    data = _variant(base, changes)
+    assert parser_mod.stamped_chats(data) == ([], data)  # all of it for the parser
+
+
+def test_the_shortcut_takes_the_messages_a_read_begins_with_and_leaves_the_rest() -> None:
+    one, two = EJABBERD_CHAT.encode(), PROSODY_CHAT.encode()
+    other = b"<presence from='user_3@localhost/amoc'/>"
+    chats, rest = parser_mod.stamped_chats(one + two + other + one)
+    assert [c[1] for c in chats] == ["message 1 from user_1 é€𝄞", "message 1 from user_1"]
+    assert rest == other + one
+    assert parser_mod.stamped_chats(one[:-3]) == ([], one[:-3])  # a split message
+    assert parser_mod.stamped_chats(b"\xff" + one) == ([], b"\xff" + one)
+
+
+def test_a_lean_client_counts_shortcut_and_parsed_messages_alike() -> None:
+    """The same message, once by the shortcut and once by the parser (a handler watches),
+    is counted, timed and kept alike."""
+    from amoc.xmpp.base import State
+
+    client = xmpp.LeanClient(1, xmpp.settings(Config(environ={})), "user_1")
+    client._state = State.ONLINE
+    client._step = xmpp.LeanClient._online
+    client._parser = StreamParser(client)
+    client.data_received(HEADER)
+    received, ttds = count("xmpp.messages.received"), metrics.histogram("xmpp.ttd_ms").count
+    client.data_received(EJABBERD_CHAT.encode())
+    assert not client._parser.holds_parser
+    ref = client.add_handler(xmpp.pred.chat(), lambda _stanza: False)
+    client.data_received(EJABBERD_CHAT.encode())
+    client.remove_handler(ref)
+    first, second = client.take_messages()
+    assert first._replace(ttd_ms=0.0) == second._replace(ttd_ms=0.0)
+    assert first.sender == "user_1@localhost/amoc" and first.sent_us == 1764041123456789
+    assert not first.delayed and first.ttd_ms is not None and second.ttd_ms is not None
+    assert count("xmpp.messages.received") == received + 2 == client.received + received
+    assert metrics.histogram("xmpp.ttd_ms").count == ttds + 2
+
+
 # -- SCRAM-SHA-1 ----------------------------------------------------------------------------
 
 # RFC 5802, section 5.
