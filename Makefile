@@ -10,6 +10,8 @@ help:
 	@echo "make rel        build the release in $(REL)"
 	@echo "make local-console  build the release and open a local node's console"
 	@echo "make demo       the main job: an XMPP load test against a local ejabberd"
+	@echo "make demo-capacity  the load a local ejabberd holds within a TTD limit (find-capacity)"
+	@echo "make find-capacity  the same on a deployed cluster (SCENARIO, USERS, THRESHOLDS)"
 	@echo "make test       lint and every test (installs what they need)"
 	@echo "make test-unit  the fast tests only (no servers)"
 	@echo "make bench      the benchmarks in bench/"

@@ -589,45 +589,109 @@ def run(
     """A headless run on the deployed cluster: the master's `bin/amoc run` drives every slave
     node, prints the merged figures, writes the report in ~/amoc_reports (make reports
     fetches it) and exits 0 (passed), 1 (a threshold failed) or 2 (refused)."""
-    cluster = load_cluster()
-    master = cluster.master
-    try:
-        status = _master_status(master)
-    except HostError as exc:
-        raise Exit(f"run: {exc}", code=2) from None
-    if status is None:
-        raise Exit("run: the cluster is not started (make start first)", code=2)
-    if status.get("state") in ACTIVE:
-        raise Exit(
-            f"run: the cluster runs {status.get('scenario')!r} now ({status['users']['placed']} "
-            "users placed): stop it first (make console, then amoc_dist.stop())",
-            code=2,
-        )
-    up = _up(status)
-    if not up:
-        raise Exit("run: no slave node is up (make start, make status)", code=2)
+    master, up = _idle_cluster("run")
     options = {"slaves": len(up), "first": first, "rate": rate, "comment": comment}
     options |= {"thresholds": thresholds, "settings": settings}
     command = _headless_command(scenario, users, duration, options)
-    # The master daemon holds the cluster's port: the headless master takes its place for
-    # the run, and the daemon comes back after it, whatever the run's outcome.
+    code = _headless(master, up, command, float(duration) + RUN_MARGIN, "run")
+    if code != 0:
+        verdict = {1: "a threshold failed", 2: "refused"}.get(code, "failed")
+        raise Exit(f"run: {verdict} (exit {code})", code=code)
+
+
+def _headless(master: Host, up: set[str], command: str, timeout: float, verb: str) -> int:
+    """Run a headless `bin/amoc` command on the master in the daemon's place (it holds the
+    cluster's port) and start the daemon again after it, whatever the outcome; its code."""
     stopped = _stopper(MASTER)(master)
     code = 2
     try:
         if stopped.ok:
-            code = _stream(master, command, float(duration) + RUN_MARGIN)
+            code = _stream(master, command, timeout)
     except HostError as exc:
         _say(master, str(exc))
     finally:
         _gone(master)
         back = _start_master(master)
         joined = _taken_over(master, up, active=False) if back.ok else back
-    verdict = {0: "passed", 1: "a threshold failed", 2: "refused"}.get(code, "failed")
+    words = _VERDICTS[verb]
+    verdict = words.get(code, "failed")
     again = "master daemon started again, " if back.ok else ""
-    text = f"run {verdict} (exit {code}); {again}{joined.text}"
-    summary("run", [Outcome(master, joined.ok and code in (0, 1), text)])
+    text = f"{verb} {verdict} (exit {code}); {again}{joined.text}"
+    summary(verb, [Outcome(master, joined.ok and code in (0, 1), text)])
+    return code
+
+
+_VERDICTS = {
+    "run": {0: "passed", 1: "a threshold failed", 2: "refused"},
+    "find-capacity": {0: "found a capacity", 1: "found none (the first step failed)",
+                      2: "refused"},
+}  # fmt: skip
+
+
+def _idle_cluster(verb: str) -> tuple[Host, set[str]]:
+    """The master and its up slaves, when the cluster is started and runs nothing."""
+    cluster = load_cluster()
+    master = cluster.master
+    try:
+        status = _master_status(master)
+    except HostError as exc:
+        raise Exit(f"{verb}: {exc}", code=2) from None
+    if status is None:
+        raise Exit(f"{verb}: the cluster is not started (make start first)", code=2)
+    if status.get("state") in ACTIVE:
+        raise Exit(
+            f"{verb}: the cluster runs {status.get('scenario')!r} now "
+            f"({status['users']['placed']} users placed): stop it first (make console, then "
+            "amoc_dist.stop())",
+            code=2,
+        )
+    up = _up(status)
+    if not up:
+        raise Exit(f"{verb}: no slave node is up (make start, make status)", code=2)
+    return master, up
+
+
+@task(
+    help={
+        "scenario": "the scenario's name (a deployed one)",
+        "users": "START:STEP:MAX users per step (or --rate)",
+        "rate": "START:STEP:MAX users arriving per second",
+        "thresholds": "the limits, ';' between them, e.g. 'xmpp.ttd_ms.p99 < 50; server.cpu < 90'",
+        "hold": "the steady window of a step (60s)",
+        "resolution": "bisect down to this (default: a quarter of a step)",
+        "settings": "NAME=VALUE settings for every step, separated by spaces",
+        "limit": "seconds the whole search may take at most (default 3600)",
+    }
+)
+def find_capacity(
+    c: Any,
+    scenario: str,
+    thresholds: str,
+    users: str = "",
+    rate: str = "",
+    hold: str = "60s",
+    resolution: float = 0.0,
+    settings: str = "",
+    limit: float = 3600.0,
+) -> None:
+    """A capacity search on the deployed cluster: the master's `bin/amoc find-capacity`
+    raises the load over every slave node that is up, holds, bisects; it prints the table
+    and the verdict and exits 0 (a capacity found), 1 (the first step failed), 2 (refused)."""
+    master, up = _idle_cluster("find-capacity")
+    words = [f"~/{MASTER}/bin/amoc", "--name", "master", "find-capacity", shlex.quote(scenario)]
+    words += ["--slaves", str(len(up)), "--hold", shlex.quote(hold)]
+    words += ["--thresholds", shlex.quote(thresholds)]
+    for flag, value in (("--users", users), ("--rate", rate)):
+        if value:
+            words += [flag, shlex.quote(value)]
+    if resolution:
+        words += ["--resolution", repr(float(resolution))]
+    for setting in shlex.split(settings or ""):
+        words += ["--set", shlex.quote(setting)]
+    command = f"cd ~ && {_RAISE_NOFILE} && exec " + " ".join(words)
+    code = _headless(master, up, command, float(limit), "find-capacity")
     if code != 0:
-        raise Exit(f"run: {verdict} (exit {code})", code=code)
+        raise Exit(f"find-capacity: {_VERDICTS['find-capacity'].get(code, 'failed')}", code=code)
 
 
 _STATUS_ALL = """test -d ~/{install}/run || {{ echo "~/{install} is not deployed"; exit 0; }}

@@ -201,6 +201,49 @@ class Plan:
         )
 
 
+def make_plan(
+    scenario: str,
+    *,
+    users: str | None = None,
+    rate: str | None = None,
+    thresholds: str | Sequence[str] = (),
+    hold: Any = "60s",
+    settle: Any = "2s",
+    ramp: Any = "10s",
+    resolution: float | None = None,
+    arrival: float | None = None,
+    first: int = 1,
+    settings: Mapping[str, Any] | None = None,
+) -> Plan:
+    """A Plan from the options of `find-capacity` (the CLI's and the console's), or
+    CapacityError naming the option that is wrong."""
+    if (users is None) == (rate is None):
+        raise CapacityError("give one of --users START:STEP:MAX or --rate START:STEP:MAX")
+    mode = "users" if users is not None else "rate"
+    steps = parse_steps(str(users if users is not None else rate), f"--{mode}", mode == "users")
+    for name, value in (("--arrival", arrival), ("--resolution", resolution)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value <= 0
+        ):  # fmt: skip
+            raise CapacityError(f"{name} must be a number > 0, got {value!r}")
+    if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+        raise CapacityError(f"--first must be an integer >= 1, got {first!r}")
+    texts = [thresholds] if isinstance(thresholds, str) else list(thresholds)
+    return Plan(
+        scenario=scenario, mode=mode, steps=steps, thresholds=tuple(parse_thresholds(texts)),
+        hold_s=parse_duration(hold, "--hold"), settle_s=parse_duration(settle, "--settle"),
+        ramp_s=parse_duration(ramp, "--ramp"), resolution=float(resolution or 0.0),
+        arrival=float(arrival or 100.0), first=first, settings=dict(settings or {}),
+    )  # fmt: skip
+
+
+def search(plan: Plan, bench: Bench, log: Callable[[str], None] | None = None) -> Outcome:
+    """Check the plan against what the bench monitors, then run it."""
+    parse_thresholds([t.text for t in plan.thresholds], monitored=bool(bench.specs))
+    return Search(plan, bench, log).run()
+
+
 @dataclass
 class Result:
     """One probe."""

@@ -319,22 +319,10 @@ def _capacity_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         settings, _limits = _run_options(_as_run(args))
     except _Refused as exc:
         raise capacity.CapacityError(str(exc)) from None
-    if (args.users is None) == (args.rate is None):
-        raise capacity.CapacityError("give one of --users START:STEP:MAX or --rate START:STEP:MAX")
-    mode = "users" if args.users is not None else "rate"
-    option = f"--{mode}"
-    steps = capacity.parse_steps(args.users or args.rate, option, whole=mode == "users")
-    numbers = {"--arrival": args.arrival, "--resolution": args.resolution}
-    for name, value in numbers.items():
-        if value is not None and (not math.isfinite(value) or value <= 0):
-            raise capacity.CapacityError(f"{name} must be a number > 0")
-    plan = capacity.Plan(
-        scenario=args.scenario, mode=mode, steps=steps,
-        thresholds=tuple(capacity.parse_thresholds(args.thresholds or [])),
-        hold_s=capacity.parse_duration(args.hold, "--hold"),
-        settle_s=capacity.parse_duration(args.settle, "--settle"),
-        ramp_s=capacity.parse_duration(args.ramp, "--ramp"),
-        resolution=args.resolution or 0.0, arrival=args.arrival or 100.0, first=args.first,
+    plan = capacity.make_plan(
+        args.scenario, users=args.users, rate=args.rate, thresholds=args.thresholds or [],
+        hold=args.hold, settle=args.settle, ramp=args.ramp, resolution=args.resolution,
+        arrival=args.arrival, first=args.first,
     )  # fmt: skip
     return plan, settings
 
@@ -363,12 +351,6 @@ def cmd_find_capacity(home: Home, args: argparse.Namespace) -> int:
     if node is None:
         return code
     specs = node.monitor.specs if node.monitor is not None else ()
-    try:
-        capacity.parse_thresholds([t.text for t in plan.thresholds], monitored=bool(specs))
-    except capacity.CapacityError as exc:
-        print(f"amoc: {exc}", file=sys.stderr)
-        node.shutdown()
-        return 2
     plan = dataclasses.replace(plan, settings=settings)
     run = _HeadlessRun(node, args)
     bench = capacity.Bench(
@@ -380,7 +362,7 @@ def cmd_find_capacity(home: Home, args: argparse.Namespace) -> int:
     try:
         if node.master is not None:
             run._wait_for_slaves(node.master, args.slaves)
-        outcome = capacity.Search(plan, bench, log=lambda line: log.info("%s", line)).run()
+        outcome = capacity.search(plan, bench, log=lambda line: log.info("%s", line))
     except AmocError as exc:
         print(f"amoc: {exc}", file=sys.stderr)
         node.shutdown()

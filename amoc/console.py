@@ -23,7 +23,8 @@ BANNER = """amoc console on node {name!r} (pid {pid}).
   amoc_local.add(10)                10 more users with the next ids
   amoc_local.remove(10, force=True) remove the 10 newest users
   amoc_local.stop()                 stop the scenario
-  amoc_config.get(name) / set(name, value), status(), scenarios()
+  amoc_local.find_capacity("xmpp_one_to_one", "xmpp.ttd_ms.p99 < 5", users="100:100:1000")
+  amoc_config.get(name) / set(name, value), status(), scenarios(), watch(), report()
 {leave}"""
 
 MASTER_BANNER = """amoc console on cluster master {name!r} (pid {pid}).
@@ -31,6 +32,7 @@ MASTER_BANNER = """amoc console on cluster master {name!r} (pid {pid}).
   amoc_dist.do("dummy", 1, 100)             start users 1..100 spread over the slaves
   amoc_dist.add(10) / remove(10, force=True)  more users / remove the newest
   amoc_dist.stop(), amoc_dist.placement()   stop the run / which ids run where
+  amoc_dist.find_capacity(scenario, thresholds, users="START:STEP:MAX")  the load it holds
   status(), watch(), report(), amoc_config.get(name) / set(name, value), scenarios()
 {leave}"""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 from amoc.cluster.master import Master
@@ -63,8 +64,10 @@ class NodeTable(list[dict[str, Any]]):
 class AmocDist(RunnerConsole):
     """Run a scenario over the slave nodes: do, add, remove, stop, status, placement."""
 
-    def __init__(self, master: Master, call: Call) -> None:
-        super().__init__(master, call, ClusterReply)
+    def __init__(
+        self, master: Master, call: Call, search: Callable[..., Any] | None = None
+    ) -> None:
+        super().__init__(master, call, ClusterReply, search)
         self._master = master
 
     def do(
@@ -125,5 +128,6 @@ class AmocDist(RunnerConsole):
             "amoc_dist: do(scenario, first, last, nodes=None, comment='', settings=None, "
             "strategy='round_robin', rebalance=False), add(count), remove(count, force=False), "
             "stop(), status(), placement(), nodes(), wait(running), change_rate(name, rate), "
-            "change_rate_gradually(name, from_rate, to_rate, step_interval, steps)"
+            "change_rate_gradually(name, from_rate, to_rate, step_interval, steps), "
+            "find_capacity(scenario, thresholds, users='START:STEP:MAX', hold='60s')"
         )

@@ -43,10 +43,17 @@ class RunnerConsole:
     """The verbs every runner has (add, remove, stop, status), for a console: each runs in
     the runner's loop through `call`; answers print as `reply` does."""
 
-    def __init__(self, runner: Runner, call: Call, reply: type[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        call: Call,
+        reply: type[dict[str, Any]],
+        search: Callable[..., Any] | None = None,
+    ) -> None:
         self._runner = runner
         self._call = call
         self._reply = reply
+        self._search = search  # the node's capacity search over this runner (amoc.capacity)
 
     def add(self, count: int) -> dict[str, Any]:
         """Start `count` more users with the next ids."""
@@ -67,12 +74,23 @@ class RunnerConsole:
         """The run now."""
         return self._reply(self._call(in_loop(self._runner.status)).to_dict())
 
+    def find_capacity(self, scenario: str, thresholds: str | list[str], **options: Any) -> Any:
+        """Raise the load step by step, hold, bisect: the largest load that held, the first
+        limit, the table. Options as `bin/amoc find-capacity`'s: users="100:100:1000" or
+        rate="5:5:50", hold="60s", settle="2s", ramp="10s", resolution=..., arrival=...,
+        first=1, settings={...}. Ctrl+C stops it (the run too)."""
+        if self._search is None:
+            raise RuntimeError("this console has no capacity search")
+        return self._search(scenario, thresholds, **options)
+
 
 class AmocLocal(RunnerConsole):
     """Run a scenario on this node: do, add, remove, stop, status."""
 
-    def __init__(self, controller: Controller, call: Call) -> None:
-        super().__init__(controller, call, Reply)
+    def __init__(
+        self, controller: Controller, call: Call, search: Callable[..., Any] | None = None
+    ) -> None:
+        super().__init__(controller, call, Reply, search)
         self._ctl = controller
 
     def do(
@@ -94,7 +112,8 @@ class AmocLocal(RunnerConsole):
     def __repr__(self) -> str:
         return (
             "amoc_local: do(scenario, first, last, settings=None, comment=''), add(count), "
-            "remove(count, force=False), stop(), status(), users()"
+            "remove(count, force=False), stop(), status(), users(), "
+            "find_capacity(scenario, thresholds, users='START:STEP:MAX', hold='60s')"
         )
 
 

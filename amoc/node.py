@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from amoc import __version__, api, health, metrics, monitor, user_errors, watchdog
+from amoc import __version__, api, capacity, health, metrics, monitor, user_errors, watchdog
 from amoc import scenario as scenario_mod
 from amoc.cluster import settings as cluster_settings
 from amoc.cluster.master import Master
@@ -192,7 +192,7 @@ class Node:
     def namespace(self) -> dict[str, Any]:
         """What a console sees."""
         assert self.controller is not None
-        local = AmocLocal(self.controller, self.call)
+        local = AmocLocal(self.controller, self.call, self._searcher(self.controller))
 
         def status() -> dict[str, Any]:
             """What runs on this node."""
@@ -222,7 +222,7 @@ class Node:
             "report": report,
         }
         if self.master is not None:
-            dist = AmocDist(self.master, self.call)
+            dist = AmocDist(self.master, self.call, self._searcher(self.master))
 
             def cluster_status() -> dict[str, Any]:
                 """The cluster: the run, every node, the totals."""
@@ -234,6 +234,23 @@ class Node:
 
             space.update(amoc_dist=dist, status=cluster_status, nodes=nodes)
         return space
+
+    def _searcher(self, runner: Any) -> Callable[..., Any]:
+        """find_capacity over `runner` (this node's controller, or the master's cluster)."""
+
+        def find_capacity(scenario: str, thresholds: Any, **options: Any) -> Any:
+            plan = capacity.make_plan(scenario, thresholds=thresholds, **options)
+            specs = self.monitor.specs if self.monitor is not None else ()
+            bench = capacity.Bench(
+                runner, self.call, self.read, self.sample, self.recorder, specs,
+                health.Bounds.from_config(self.config),
+            )  # fmt: skip
+            outcome = capacity.search(plan, bench, log=print)
+            base = self.recorder.default_dir if self.recorder else self.home.root / "reports"
+            capacity.write(outcome, Path(self.config.get("report_dir") or base))
+            return outcome
+
+        return find_capacity
 
     def scenario_dirs(self) -> list[Any]:
         """Uploaded scenarios first (they may replace bundled ones), then bundled ones."""

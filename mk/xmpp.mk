@@ -35,7 +35,8 @@ xmpp-register:
 	$(XMPP_TOOL) register --name $(XMPP_NAME) --first 1 --last $(DEMO_USERS)
 
 # The main job: DEMO_USERS users log in to a local server (XMPP_KIND), each sends DEMO_MESSAGES
-# chat messages to its neighbour (one a second) and records time to delivery; then a report.
+# chat messages to its neighbour (one a second) and records time to delivery; then a report,
+# with the server's CPU and memory (amoc's monitor watches its pid) under the load.
 # The server is removed at the end, so that each demo starts from an empty database.
 demo: deps dev rel
 	@$(MAKE) --no-print-directory xmpp-start
@@ -45,4 +46,5 @@ demo: deps dev rel
 		--duration 300 --comment "make demo" --max-error-ratio 0.01 \
 		--set xmpp_port=$(XMPP_PORT) --set xmpp_sasl=$(DEMO_SASL) \
 		$(if $(XMPP_TLS),--set xmpp_tls=starttls) --set repeat_num=1 \
-		--set messages_per_user=$(DEMO_MESSAGES) --set message_interval=1000
+		--set messages_per_user=$(DEMO_MESSAGES) --set message_interval=1000 \
+		--set monitor_hosts=local:$$($(XMPP_TOOL) pid --name $(XMPP_NAME))

@@ -7,7 +7,7 @@ stop, remove.
                                [--name amoc] [--tls [--tls-port 5223]] [--scram] [--no-mam]
                                [--no-busy-wait]
     tools/xmpp_server.py register --first 1 --last 10000
-    tools/xmpp_server.py status | stop | remove
+    tools/xmpp_server.py status | stop | remove | pid   # pid: what amoc's monitor watches
 
 Each instance (`--name`) has its own directory (config, database, logs, pid, certificate)
 and its own ports, all on 127.0.0.1; its kind and flags are saved there, so that the later
@@ -993,7 +993,9 @@ def register(inst: Instance, first: int, last: int, user: str, password: str) ->
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("verb", choices=["install", "start", "stop", "status", "register", "remove"])
+    p.add_argument(
+        "verb", choices=["install", "start", "stop", "status", "register", "remove", "pid"]
+    )
     p.add_argument("--name", default="amoc", help="instance name (default amoc)")
     p.add_argument("--kind", choices=KINDS, default=None,
                    help="start, install: ejabberd (default) or prosody")  # fmt: skip
@@ -1083,6 +1085,13 @@ def to_start(args: argparse.Namespace, saved: Instance | None) -> Instance:
     return inst
 
 
+def print_pid(inst: Instance) -> None:
+    """The server's pid, for amoc's monitor (`monitor_hosts=local:<pid>`, as `make demo` does)."""
+    if not alive(inst.pid):
+        raise ServerError(f"{inst.kind} {inst.name!r} is not running")
+    print(inst.pid)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parser().parse_args(argv)
@@ -1107,6 +1116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"removed {saved.path}")
         elif args.verb == "status":
             return 0 if status(saved) else 3
+        elif args.verb == "pid":
+            print_pid(saved)
         elif args.verb == "register":
             if saved.kind == "ejabberd" and not alive(saved.pid):
                 raise ServerError(f"ejabberd {args.name!r} is not running: run `start` first")

@@ -124,20 +124,20 @@ class Monitor:
         """Refuse, before any user starts, what cannot be monitored: a process name or pid
         that matches nothing here (or on an SSH host that answers). Unreachable hosts are
         not refused: they are logged and retried."""
-        for label, state in self._states.items():
-            source = state.source
-            if isinstance(source, sources.LocalSource):
-                await asyncio.get_running_loop().run_in_executor(None, source.check)
-            elif isinstance(source, sources.SshSource) and source.spec.processes:
-                try:
-                    counters = await asyncio.wait_for(
-                        asyncio.get_running_loop().run_in_executor(None, source.read),
-                        self.timeout,
-                    )
-                except (sources.SourceError, TimeoutError) as exc:
-                    self._failed(label, state, exc)
-                    continue
-                source.check(counters)
+        await asyncio.gather(*(self._check(label, s) for label, s in self._states.items()))
+
+    async def _check(self, label: str, state: _State) -> None:
+        source, loop = state.source, asyncio.get_running_loop()
+        if isinstance(source, sources.LocalSource):
+            await loop.run_in_executor(None, source.check)
+        elif isinstance(source, sources.SshSource) and source.spec.processes:
+            try:
+                read = loop.run_in_executor(None, source.read)
+                counters = await asyncio.wait_for(read, self.timeout)
+            except (sources.SourceError, TimeoutError) as exc:
+                self._failed(label, state, exc)  # logged once; sampled again with backoff
+                return
+            source.check(counters)
 
     def start(self) -> None:
         """A sampling task per source."""

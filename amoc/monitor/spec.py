@@ -12,8 +12,9 @@ Each source is a mapping with a `kind` (or a short string):
   the URL itself: a scrape (node_exporter, Prosody's mod_http_openmetrics, MongooseIM's
   exporter), the named series kept.
 
-`label` (default: the host, `localhost` for local) is the `host` label on /metrics and the
-name in the report.
+A string holds one source or several separated by `;` (handy on a command line:
+`--set 'monitor_hosts=local:beam.smp;ssh://root@10.0.0.5/beam.smp'`). `label` (default: the
+host, `localhost` for local) is the `host` label on /metrics and the name in the report.
 """
 
 from __future__ import annotations
@@ -156,7 +157,9 @@ def parse(value: Any) -> tuple[SourceSpec, ...]:
     """The `monitor_hosts` setting -> its sources (None or empty: none), or ValueError."""
     if value is None or value == "" or value == []:
         return ()
-    items: Sequence[Any] = [value] if isinstance(value, str | Mapping) else value
+    if isinstance(value, str):  # `local:beam.smp;ssh://root@h/beam.smp` (--set, make SET=)
+        value = [v for v in value.split(";") if v.strip()]
+    items: Sequence[Any] = [value] if isinstance(value, Mapping) else value
     if not isinstance(items, list | tuple):
         raise TypeError(f"expected a list of sources, got {type(value).__name__}")
     specs = []

@@ -26,6 +26,8 @@ import pytest
 
 from tests.e2e.netns import SSHD, NetnsHosts
 from tests.e2e.terminal import ANSI, PROMPT, Terminal
+from tests.integration.xmpp_fixture import XmppServer
+from tests.net import free_port, relay
 
 pytestmark = pytest.mark.e2e
 
@@ -285,6 +287,7 @@ def test_prepare_deploy_start_console_stop(site: Site) -> None:
     _three_deploys_while_a_run_is_active(site)
     _restart_takes_a_changed_setting(site)
     _a_headless_cluster_run(site)
+    _a_monitored_xmpp_run(site)
     _a_misspelled_set_is_refused(site)
     _status_and_stop_go_past_an_unreachable_host(site)
     _reports_come_back(site)
@@ -402,6 +405,63 @@ def _a_headless_cluster_run(site: Site) -> None:
     status = site.make("status")  # the daemon is back, and every slave with it
     assert status.returncode == 0, status.stdout + status.stderr
     assert re.search(r"^  master\s+ok\s+1 node running$", status.stdout, re.M), status.stdout
+
+
+def _a_monitored_xmpp_run(site: Site) -> None:
+    """A headless XMPP run whose master monitors slave2 over ssh (its /proc, no agent) and a
+    second host that does not exist: that one is logged once and marked no data; the run
+    delivers every message and the master's report has slave2's series."""
+    gateway = site.hosts.gateway  # the slaves reach this machine's side of the bridge
+    server = XmppServer(f"deploy{os.getpid()}", "127.0.0.1", free_port(), free_port(), mam=False)
+    server.tool("install", "--kind", "ejabberd", timeout=600)
+    # The master's run user logs in to slave2 as root with the test's key, checking its host
+    # key in known_hosts (what Ansible's logins put there).
+    ssh_dir = site.home("master") / ".ssh"
+    uid, gid = (int(site.ssh("master", f"id -{w}")) for w in ("u", "g"))
+    for source, name in ((site.hosts.key, "id_ed25519"), (site.hosts.known_hosts, "known_hosts")):
+        target = ssh_dir / name
+        shutil.copy(source, target)
+        os.chown(target, uid, gid)
+        target.chmod(0o600)
+    watched, nowhere = site.hosts.address("slave2"), str(site.hosts.net.network_address + 250)
+    sources = f"ssh://root@{watched}/sshd;ssh://root@{nowhere}/sshd"
+    try:
+        server.start()
+        server.register(1, 20)
+        # The server serves loopback only: the slaves reach it through a relay on the bridge.
+        with relay(gateway, ("127.0.0.1", server.port)) as port:
+            started = time.monotonic()
+            done = site.make(
+                "run", "SCENARIO=xmpp_one_to_one", "USERS=20", "DURATION=60",
+                "THRESHOLDS=error_ratio <= 0",
+                f"SET=xmpp_host={gateway} xmpp_port={port} repeat_num=1 "
+                f"messages_per_user=20 message_interval=300 monitor_hosts={sources}",
+            )  # fmt: skip
+            site.timings["monitored xmpp run"] = time.monotonic() - started
+    finally:
+        server.tool("remove")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert re.search(r"^\[master\]\s+xmpp\.messages\.received: 400$", out, re.M), out
+    assert re.search(r"^\[master\]\s+xmpp\.messages\.sent: 400$", out, re.M), out
+    assert "one_to_one.incomplete" not in out, out
+    # The host that does not answer: one line for the whole run, then no data.
+    assert len(re.findall(rf"monitor {re.escape(nowhere)} \(", out)) == 1, out
+    assert re.search(rf"server {re.escape(nowhere)} \(.*\): 0 samples, no data", out), out
+    assert re.search(rf"server {re.escape(watched)} \(ssh root@.*\): \d+ samples, ok", out), out
+    index = Path(re.search(r"report: (\S+/index\.html)$", out, re.M).group(1))  # type: ignore[union-attr]
+    local = site.home("master") / index.relative_to(f"/home/{RUN_USER}")
+    summary = json.loads((local.parent / "summary.json").read_text())
+    assert summary["monitored"][watched]["status"] == "ok", summary["monitored"]
+    assert summary["monitored"][nowhere]["status"].startswith("no data"), summary["monitored"]
+    rows = (local.parent / "series.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    cpu, rss = head.index(f"mon.{watched}.sshd.cpu"), head.index(f"mon.{watched}.sshd.rss_mb")
+    assert sum(1 for r in rows[1:] if r.split(",")[rss]) >= 3, rows
+    assert all(not r.split(",")[head.index(f"mon.{nowhere}.cpu")] for r in rows[1:])
+    assert any(r.split(",")[cpu] for r in rows[1:]), rows
+    page = local.read_text()
+    assert "Servers under test: CPU" in page and f"sshd on {watched}" in page
 
 
 def _a_misspelled_set_is_refused(site: Site) -> None:

@@ -26,6 +26,11 @@ def test_app_config_template_is_toml_that_amoc_reads_back(tmp_path: Path) -> Non
         "cluster_role": "slave",
         "text": 'a "quoted" \\ é 😀\ttab',
         "items": [1, "x", True, 0.5],
+        # monitor_hosts: a list of inline tables
+        "sources": [
+            {"kind": "ssh", "host": "10.0.0.5", "processes": ["beam.smp"]},
+            {"kind": "local", "processes": [1234]},
+        ],
         "flag": False,
         "ratio": 0.5,
         "repeat_num": math.inf,
