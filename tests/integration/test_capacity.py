@@ -106,6 +106,11 @@ def test_a_search_whose_amoc_node_is_starved_says_client_bound(
     assert "first limit:" not in done.stdout  # no false server limit
     assert outcome["more_nodes"] >= 1 and "more amoc node" in done.stdout
     assert done.returncode == (0 if outcome["held"] else 1)
+    # The step's own report says so too, naming the node.
+    index = Path(outcome["steps"][-1]["report"])
+    summary = json.loads((index.parent / "summary.json").read_text())
+    assert summary["client_bound"].startswith("client-bound: figures include"), summary
+    assert 'id="client-bound"' in index.read_text()
 
 
 @pytest.mark.parametrize(

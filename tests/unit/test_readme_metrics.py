@@ -25,13 +25,14 @@ RECORDED = {
         "throttle.amoc_user_rate.executions", "throttle.amoc_user_rate.steps",
         "coordinator.pairs.batches", "coordinator.pairs.users", "cluster.users.lost",
         "cluster.control.bytes_in", "cluster.control.bytes_out", "one_to_one.received",
+        "node.cpu_ms",
     ],
     "gauge": ["users.running", "xmpp.connected", "throttle.amoc_user_rate.rate",
               "cluster.nodes.up"],
     "histogram": [
         "xmpp.ttd_ms", "xmpp.login_time_ms", "xmpp.muc.ttd_ms", "xmpp.pubsub.ttd_ms",
         "xmpp.presences.ttd_ms", "xmpp.mam.lookup_time_ms", "xmpp.sm.resume_time_ms",
-        "xmpp.iq.ping.time_ms", "xmpp.roster.items",
+        "xmpp.iq.ping.time_ms", "xmpp.roster.items", "node.loop_lag_ms",
     ],
 }  # fmt: skip
 
