@@ -50,8 +50,8 @@ def test_a_scrape_gives_the_chosen_series_and_an_absent_endpoint_no_data(tmp_pat
 
         series, text = asyncio.run(main())
         assert prom.process is not None
-        rss = float(subprocess.run(["ps", "-o", "rss=", "-p", str(prom.process.pid)], capture_output=True,
-                                   text=True, check=True).stdout) * 1024  # fmt: skip
+        ps = ["ps", "-o", "rss=", "-p", str(prom.process.pid)]
+        rss = float(subprocess.run(ps, capture_output=True, text=True, check=True).stdout) * 1024
     assert abs(series["process_resident_memory_bytes"] - rss) <= 0.1 * rss, (series, rss)
     assert 0 <= series["process_cpu_seconds_total"] < 2  # a counter: its rate, cores
     assert series[SERIES[2]] >= 0 and not math.isnan(series[SERIES[2]])
