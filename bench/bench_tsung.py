@@ -19,9 +19,11 @@ The clients (`--clients`, in this order):
   `--tsung-busy-wait` keeps Erlang's default), `--tsung-destination online` (default) or
   `random`;
 - `floor`: bench/floor_client.py, the least Python can do with the same logins and bytes
-  (uvloop, no XML parser, every send a `loop.call_at`): every row's ratio to it is printed;
-  its variants `floor+bare` (the neighbour's bare JID), `floor+nostamp` (no TTD stamp) and
-  `floor+tickN` (sends bunched onto an N ms grid) measure what each costs the server;
+  (uvloop, no XML parser, every send a `loop.call_at` that arms the next): every row's
+  ratio to it is printed; its variants `floor+bare` (the neighbour's bare JID),
+  `floor+nostamp` (no TTD stamp) and `floor+tickN` (sends bunched onto an N ms grid)
+  measure what each costs the server, `floor+prearm` (every timer set at login) what
+  arming a timer costs the client;
 - `lean` (and `lean+poisson`, `lean+burst`: xmpp_one_to_one's `message_arrival`) and
   `slixmpp`: amoc's clients, in a process of their own (uvloop, the node's GC tuning).
 
@@ -364,7 +366,7 @@ def prefix(client: str, users: int) -> str:
 
 # The floor's variants (`floor+bare`, `floor+nostamp`, `floor+tick10`): what each part of a
 # message and the send pattern cost the server.
-FLOOR_VARIANTS = {"bare": ["--to", "bare"], "nostamp": ["--no-stamp"]}
+FLOOR_VARIANTS = {"bare": ["--to", "bare"], "nostamp": ["--no-stamp"], "prearm": ["--prearm"]}
 
 
 def floor_options(client: str) -> list[str]:
@@ -376,7 +378,7 @@ def floor_options(client: str) -> list[str]:
         elif part in FLOOR_VARIANTS:
             out += FLOOR_VARIANTS[part]
         else:
-            raise SystemExit(f"unknown floor variant {part!r}: bare, nostamp or tick<ms>")
+            raise SystemExit(f"unknown floor variant {part!r}: bare, nostamp, prearm or tick<ms>")
     return out
 
 

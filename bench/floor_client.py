@@ -5,7 +5,10 @@ and the same message bytes as amoc's lean client (the full JID of the neighbour,
 the body, the TTD stamp), at the same schedule (the first message at a random point of
 the second interval, then one every interval), over uvloop, but with no XML parser: a
 login step waits for a byte pattern, a received message is found with `bytes.find` and its
-stamp read by slicing. No per-user task either: every send is a `loop.call_at` callback.
+stamp read by slicing. No per-user task either: every send is a `loop.call_at` callback
+that arms the timer of the next one, as a client that runs for as long as it is asked must
+(amoc.pacing does the same); `--prearm` sets every send's timer at login instead, which
+moves their cost out of the steady window and holds them all in memory.
 What amoc's lean client costs above this is what parsing, metrics and the scenario API
 cost; `bench_tsung.py` prints every row's ratio to it.
 
@@ -71,6 +74,7 @@ class User(asyncio.Protocol):
         self.head = f"<message to='{to}' type='chat' id='{user_id}-".encode()
         self.tail = b"'/></message>" if a.stamp else b"</message>"
         self.sent = 0
+        self.schedule: list[float] = []  # the times of the sends still to come, last first
 
     # -- the connection ------------------------------------------------------------------
 
@@ -141,6 +145,12 @@ class User(asyncio.Protocol):
 
     # -- the chat -------------------------------------------------------------------------
 
+    def send_and_arm(self) -> None:
+        """Send, and set the timer of the next send (if any is left)."""
+        self.send()
+        if self.schedule:
+            asyncio.get_running_loop().call_at(self.schedule.pop(), self.send_and_arm)
+
     def send(self) -> None:
         """One message, as the lean client writes it."""
         if self.transport is None or self.transport.is_closing():
@@ -168,12 +178,16 @@ async def user(floor: Floor, user_id: int) -> None:
         return
     floor.logins_ok += 1
     began = loop.time() + a.interval * random.random()
-    last = began
-    for i in range(a.messages):
-        at = began + (i + 1) * a.interval
-        last = math.ceil(at / a.tick) * a.tick if a.tick else at
-        loop.call_at(last, proto.send)
-    await asyncio.sleep(max(0.0, last - loop.time()))  # its own sends first, then theirs
+    times = [began + (i + 1) * a.interval for i in range(a.messages)]
+    if a.tick:
+        times = [math.ceil(at / a.tick) * a.tick for at in times]
+    if a.prearm:  # every send's timer now (the loop's timer heap holds them all)
+        for at in times:
+            loop.call_at(at, proto.send)
+    elif times:  # one timer at a time, each send arming the next, as a running client does
+        proto.schedule = times[::-1]
+        loop.call_at(proto.schedule.pop(), proto.send_and_arm)
+    await asyncio.sleep(max(0.0, (times[-1] if times else began) - loop.time()))
     deadline = began + (a.messages + 1) * a.interval + a.receive_timeout
     with contextlib.suppress(TimeoutError):  # counted: received < sent
         await asyncio.wait_for(proto.complete, max(0.0, deadline - loop.time()))
@@ -245,6 +259,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--to", choices=("full", "bare"), default="full", help="the neighbour's JID")
     p.add_argument("--stamp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--tick", type=float, default=0.0, help="send times rounded up to s")
+    p.add_argument(
+        "--prearm",
+        action="store_true",
+        help="set every send's timer at login (moves their cost out of the window)",
+    )
     return p
 
 

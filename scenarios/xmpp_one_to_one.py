@@ -18,7 +18,8 @@ A user whose neighbour never comes (odd count) gives up after `receive_timeout` 
 
 Messages stamped more than `STALE_MARGIN_S` before this node's `init` were left in offline
 storage by an earlier, interrupted run: they count as `one_to_one.stale`, not as received
-(so the clocks of the load nodes must agree within that margin).
+(stamps are in the cluster's time base: amoc.xmpp.stamp corrects each node's clock by its
+measured offset to the master's).
 
 Metrics: the xmpp.* set of amoc.xmpp (logins, messages sent / received, xmpp.ttd_ms; TTD
 includes the time a message waited in offline storage), plus one_to_one.received (fresh
@@ -29,6 +30,7 @@ count as xmpp.messages.missing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from dataclasses import dataclass, field
@@ -122,7 +124,7 @@ async def start(user_id: int, progress: Progress) -> None:
         # The sends run from the loop's timers: this task wakes once, after the last.
         await pacing.every(
             interval,
-            lambda: client.send_chat(peer),
+            functools.partial(client.send_chat, peer),
             count,
             start=began + interval,
             process=amoc_config.get("message_arrival"),

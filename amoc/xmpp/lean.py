@@ -85,6 +85,8 @@ _ABORT_WAIT_S = 0.5
 
 _CLOSE = b"</stream:stream>"
 _PRESENCE_TEXT = b"<presence/>"
+_STAMP_HEAD = f"<stamp xmlns='{stamp.NAMESPACE}' us='"
+_SENT = metrics.counter("xmpp.messages.sent")  # once per message: looked up once
 
 
 @functools.lru_cache(maxsize=64)
@@ -166,7 +168,7 @@ class LeanClient(ClientBase, asyncio.Protocol):
         self._register = False  # in-band registration (XEP-0077) before the login
         self._scram: scram.Scram | None = None
         self._session_required = False
-        self._to: tuple[int, str] = (0, "")  # the last user id sent to, and its quoted JID
+        self._to: tuple[int, str] = (0, "")  # the last user id sent to, and _message_head
         self._tls = False  # STARTTLS done
         self._upgrade: asyncio.Task[None] | None = None  # the TLS handshake, while it runs
         # XEP-0198 state, made when the server offers it and xmpp_stream_management asks.
@@ -720,18 +722,21 @@ class LeanClient(ClientBase, asyncio.Protocol):
         transport = self._live()
         self.sent = sent = self.sent + 1
         if isinstance(to, int):
-            last_id, target = self._to
-            if last_id != to or not target:
-                target = quoteattr(naming.jid(to, self.settings, resource=True))
-                self._to = (to, target)
+            last_id, head = self._to
+            if last_id != to or not head:
+                head = self._message_head(naming.jid(to, self.settings, resource=True))
+                self._to = (to, head)
         else:
-            target = quoteattr(to)
+            head = self._message_head(to)
         text = f"message {sent} from {self.username}" if body is None else escape(body)
         transport.write(
-            f"<message to={target} type='chat' id='{self.user_id}-{sent}'><body>{text}</body>"
-            f"<stamp xmlns='{stamp.NAMESPACE}' us='{stamp.now_us()}'/></message>".encode()
+            f"{head}{sent}'><body>{text}</body>{_STAMP_HEAD}{stamp.now_us()}'/></message>".encode()
         )
-        metrics.counter("xmpp.messages.sent").inc()
+        _SENT.value += 1
+
+    def _message_head(self, to: str) -> str:
+        """A chat message's text up to its number: `<message to=... id='<user id>-`."""
+        return f"<message to={quoteattr(to)} type='chat' id='{self.user_id}-"
 
     # -- receiving --------------------------------------------------------------------------
 
