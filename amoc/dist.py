@@ -32,6 +32,13 @@ class ClusterReply(dict[str, Any]):
         return text + "\n" + repr(NodeTable(self.get("node", [])))
 
 
+def _clock(offset_ms: float | None, error_ms: float | None) -> str:
+    """A node's clock offset to the master's, as the nodes table shows it."""
+    if offset_ms is None:
+        return "?"
+    return f"{offset_ms:+.1f}ms" + (f" +-{error_ms:.1f}" if error_ms is not None else "")
+
+
 class NodeTable(list[dict[str, Any]]):
     """Nodes as a table."""
 
@@ -39,8 +46,9 @@ class NodeTable(list[dict[str, Any]]):
         if not self:
             return "no slave node has joined yet"
         rows = [
-            ("node", "host", "up", "placed", "running", "pending", "errors", "heartbeat", "state")
-        ]
+            ("node", "host", "up", "placed", "running", "pending", "errors", "heartbeat", "clock",
+             "state")
+        ]  # fmt: skip
         for n in self:
             rows.append(
                 (
@@ -52,6 +60,7 @@ class NodeTable(list[dict[str, Any]]):
                     str(n["pending"]),
                     str(n["errors"]),
                     f"{n['last_heartbeat_s']:.1f}s ago",
+                    _clock(n.get("clock_offset_ms"), n.get("clock_error_ms")),
                     f"{n['state'] or ''} {n['scenario'] or ''}".strip(),
                 )
             )

@@ -80,7 +80,8 @@ class NodeView:
     pending: int
     errors: int
     downs: int
-    clock_offset_ms: float | None = None
+    clock_offset_ms: float | None = None  # its clock minus the master's (None: not measured)
+    clock_error_ms: float | None = None  # the bound of that estimate's error
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class Master:
         self.scenario_dirs = scenario_dirs
         self.interval = config.get("cluster_heartbeat") / 1000.0
         self.down_after = config.get("cluster_down_after") / 1000.0
-        self.registry = NodeRegistry(self.interval, self._refuse)
+        self.registry = NodeRegistry(self.interval, self._refuse, config.get("cluster_clock_warn"))
         self.wire = MasterWire(
             config.get("cluster_bind"),
             keys_dir,
@@ -190,7 +190,11 @@ class Master:
         while True:
             up = self.registry.up()
             for name in up:
-                self.wire.send(name, Op.PING, slaves=len(up), time=time.time())
+                # Its send time (the slave's next heartbeat echoes it: amoc.cluster.clock)
+                # and the slave's offset as measured so far (its stamps correct by it).
+                offset = self.registry.nodes[name].clock.offset_us
+                extra = {} if offset is None else {"clock_offset_us": offset}
+                self.wire.send(name, Op.PING, slaves=len(up), time=time.time(), **extra)
             await asyncio.sleep(self.interval)
 
     async def _watchdog(self) -> None:

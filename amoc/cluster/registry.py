@@ -16,6 +16,7 @@ from typing import Any
 
 from amoc import metrics
 from amoc.cluster import ids as id_runs
+from amoc.cluster.clock import ClockOffset
 from amoc.cluster.placement import RunMeta
 from amoc.cluster.protocol import ProtocolError
 from amoc.cluster.wire import route_of, split_route
@@ -53,7 +54,7 @@ class NodeInfo:
     report: Report = field(default_factory=Report)
     snapshot: dict[str, Any] = field(default_factory=dict)
     downs: int = 0
-    clock_offset_ms: float | None = None
+    clock: ClockOffset = field(default_factory=ClockOffset)
 
     def view(self, now: float, placed: int) -> NodeView:
         """A picture for status(), nodes() and the REST API."""
@@ -63,7 +64,7 @@ class NodeInfo:
             last_heartbeat_s=round(now - self.last_seen, 2), state=self.status.state,
             scenario=self.status.scenario, placed=placed, running=users.running,
             pending=users.pending, errors=users.failed_runs, downs=self.downs,
-            clock_offset_ms=self.clock_offset_ms,
+            clock_offset_ms=self.clock.offset_ms, clock_error_ms=self.clock.error_ms,
         )  # fmt: skip
 
 
@@ -79,9 +80,15 @@ class NodeRegistry:
     """Heartbeats in, node records out; calls `joined`, `returned`, `restarted` and
     `refuse` so that the master acts on them."""
 
-    def __init__(self, interval: float, refuse: Callable[[str, str, str], None]) -> None:
+    def __init__(
+        self,
+        interval: float,
+        refuse: Callable[[str, str, str], None],
+        clock_warn_ms: float = 100.0,
+    ) -> None:
         """`refuse(route, instance, reason)` tells a refused instance why."""
         self.interval = interval
+        self.clock_warn_ms = clock_warn_ms
         self.nodes: dict[str, NodeInfo] = {}
         self._refuse = refuse
         self._contenders: dict[str, _Contender] = {}
@@ -100,6 +107,7 @@ class NodeRegistry:
             )
         status = RunStatus.from_dict(_map(msg, "status"))
         report = _report(msg)
+        received = time.time()
         now = time.monotonic()
         info = self.nodes.get(sender)
         if info is None:
@@ -115,6 +123,7 @@ class NodeRegistry:
                 sender, msg.get("host"), msg.get("pid"), info.pid,
             )  # fmt: skip
             info.instance, info.up = instance, True
+            info.clock = ClockOffset()  # another process, perhaps another clock
             self._contenders.pop(sender, None)
         elif not info.up:
             info.up = True
@@ -132,8 +141,32 @@ class NodeRegistry:
         snap = msg.get("metrics")
         if isinstance(snap, dict):
             info.snapshot = snap
+        if info.clock.add(msg.get("clock"), received):
+            self._check_clock(info)
         self._count_up()
         return info, event
+
+    def _check_clock(self, info: NodeInfo) -> None:
+        """Warn once when a node's clock is further off than `clock_warn_ms` (and once more
+        when it is back within)."""
+        offset, error = info.clock.offset_ms, info.clock.error_ms
+        if offset is None or error is None:
+            return
+        far = abs(offset) - error > self.clock_warn_ms
+        if far and not info.clock.warned:
+            log.warning(
+                "node %s: its clock is %+.1f ms (+-%.1f) off the master's, more than "
+                "cluster_clock_warn (%.0f ms): its TTDs are corrected by it, but check its "
+                "time synchronisation (NTP)",
+                info.name, offset, error, self.clock_warn_ms,
+            )  # fmt: skip
+        elif not far and info.clock.warned and abs(offset) + error < self.clock_warn_ms:
+            log.info("node %s: its clock is within %.0f ms of the master's again", info.name,
+                     self.clock_warn_ms)  # fmt: skip
+        else:
+            return
+        info.clock.warned = far
+        metrics.annotate("clock_offset", tags={"node": info.name, "offset_ms": offset})
 
     def _may_take(self, info: NodeInfo, instance: str, msg: dict[str, Any], now: float) -> bool:
         """Whether a new instance may take `info`'s name: the old one must be silent."""

@@ -37,6 +37,12 @@ def _positive_ms(value: Any) -> float:
     return float(value)
 
 
+def _skew(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) > 3_600_000:
+        raise ValueError(f"must be a number of ms within an hour either way, got {value!r}")
+    return float(value)
+
+
 # All read once, when the node starts: a change needs a restart.
 PARAMETERS: tuple[Param, ...] = (
     Param("cluster_role", "local", "local (no cluster), master or slave", _role, start_only=True),
@@ -73,6 +79,22 @@ PARAMETERS: tuple[Param, ...] = (
         1000,
         "ms between two heartbeats, both ways",
         _positive_ms,
+        start_only=True,
+    ),
+    Param(
+        "cluster_clock_warn",
+        100,
+        "ms: a slave whose clock is further than this from the master's gets a warning "
+        "(its TTDs are corrected by the measured offset either way)",
+        _positive_ms,
+        start_only=True,
+    ),
+    Param(
+        "cluster_clock_skew",
+        0,
+        "tests only: ms this node's clock runs ahead of the machine's (the offset that the "
+        "clock measurement must find)",
+        _skew,
         start_only=True,
     ),
     Param(

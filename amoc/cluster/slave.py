@@ -38,6 +38,7 @@ from amoc.cluster.wire import route_of
 from amoc.config import Config
 from amoc.errors import AmocError
 from amoc.runner import Controller
+from amoc.xmpp import stamp
 
 log = logging.getLogger("amoc.cluster.slave")
 
@@ -86,6 +87,10 @@ class SlaveLink:
         self._warned: dict[str, float] = {}
         self._since = 0.0
         self._dialed = 0.0
+        # The master's last ping: its send time (master clock) and when it came (ours).
+        self._probe: tuple[float, float] | None = None
+        self._m_offset = metrics.gauge("cluster.clock_offset_ms")
+        stamp.set_skew_ms(config.get("cluster_clock_skew"))
         self._ops: dict[Op, Callable[[dict[str, Any]], None]] = {
             Op.PING: self._ping,
             Op.BATCH: self._batch,
@@ -181,8 +186,10 @@ class SlaveLink:
             "version": __version__,
             "capacity": self.capacity,
             "status": self.controller.status().to_dict(),
-            "time": time.time(),
+            "time": stamp.local_s(),
         }
+        if self._probe is not None:  # for the master's offset measurement
+            beat["clock"] = [*self._probe, beat["time"]]
         if self.meta is not None:
             beat.update(
                 run=self.meta.to_dict(),
@@ -294,6 +301,13 @@ class SlaveLink:
                 log.warning("dropped a %s message from the master: %s", msg["op"].value, exc)
 
     def _ping(self, msg: dict[str, Any]) -> None:
+        sent_at = msg.get("time")
+        if isinstance(sent_at, int | float):
+            self._probe = (float(sent_at), stamp.local_s())
+        offset = msg.get("clock_offset_us")
+        if isinstance(offset, int) and not isinstance(offset, bool):
+            stamp.set_offset_us(offset)
+            self._m_offset.set(offset / 1000)
         self._apply_config(msg.get("config"))
         slaves = msg.get("slaves")
         if isinstance(slaves, int) and slaves >= 1:

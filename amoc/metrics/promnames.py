@@ -101,6 +101,8 @@ HELP: dict[str, str] = {
     "cluster.users.lost": "users lost with their node (a master's)",
     "cluster.control.bytes_out": "control-plane bytes sent",
     "cluster.control.bytes_in": "control-plane bytes received",
+    "cluster.clock_offset_ms": "a slave's clock minus the master's, as measured and corrected "
+    "by (amoc.cluster.clock)",
     "node.cpu_ms": "CPU this node's process used, every thread (amoc.health)",
     "node.loop_lag_ms": "how late this node's event loop ran a timer (amoc.health)",
 }

@@ -167,6 +167,8 @@ def row(
         "errors": errors(now),
         "cpu": max(0.0, cpu) if not math.isnan(cpu) else cpu,
         "lag_p99": lag,
+        # A slave's clock offset to the master (amoc.cluster.clock), in its own rows.
+        "clock_ms": float(now.get("gauges", {}).get("cluster.clock_offset_ms", math.nan)),
         **features(now, before, seconds),
     }
 

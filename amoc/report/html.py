@@ -45,7 +45,11 @@ HEALTH_CHARTS = (
      (("lag_p99", "lag p99"),)),
 )  # fmt: skip
 # The columns kept per node (the rest are the cluster's only).
-NODE_COLUMNS = ("running", "logins_s", "messages_s", "ttd_p99", "errors", "cpu", "lag_p99")
+NODE_COLUMNS = (
+    "running", "logins_s", "messages_s", "ttd_p99", "errors", "cpu", "lag_p99", "clock_ms",
+)  # fmt: skip
+# A cluster's run only: each slave's clock offset to the master (corrected in its TTDs).
+CLOCK_CHART = ("Clock offset to the master (corrected)", "ms", (), (("clock_ms", "clock"),))
 # A server chart: (title, unit, [(column, legend)]), from amoc.monitor's `charts()`.
 ServerChart = tuple[str, str, Sequence[tuple[str, str]]]
 _SCRIPT = """
@@ -142,6 +146,8 @@ def line_charts(
         lines = [_line(started, rows, c, label) for c, label in columns]
         out.append({"title": title, "unit": unit, "kind": "line", "series": lines})
     client(HEALTH_CHARTS)
+    if nodes:
+        client([CLOCK_CHART])
     for title, columns in feature_charts(extra):
         unit = "per second" if "rates" in title else "ms"
         lines = [_line(started, rows, c, label) for c, label in columns]

@@ -28,7 +28,7 @@ RECORDED = {
         "node.cpu_ms",
     ],
     "gauge": ["users.running", "xmpp.connected", "throttle.amoc_user_rate.rate",
-              "cluster.nodes.up"],
+              "cluster.nodes.up", "cluster.clock_offset_ms"],
     "histogram": [
         "xmpp.ttd_ms", "xmpp.login_time_ms", "xmpp.muc.ttd_ms", "xmpp.pubsub.ttd_ms",
         "xmpp.presences.ttd_ms", "xmpp.mam.lookup_time_ms", "xmpp.sm.resume_time_ms",
