@@ -70,6 +70,7 @@ class ProcReading:
     cpu_seconds: float  # cumulative CPU seconds now
     rss: float  # bytes now
     count: int  # processes matched now
+    comm: str = ""  # the first match's name (what a pid is: beam.smp)
 
 
 @dataclass(frozen=True)
@@ -239,8 +240,9 @@ def between(old: Counters | None, new: Counters) -> Reading:
             moved = sum(p.cpu_ticks - before[p.pid] for p in found if p.pid in before)
             share = max(0, moved) / new.ticks / seconds
         procs[name] = ProcReading(
-            share, ticks / new.ticks, sum(p.rss_pages for p in found) * new.page, len(found)
-        )
+            share, ticks / new.ticks, sum(p.rss_pages for p in found) * new.page, len(found),
+            found[0].name if found else "",
+        )  # fmt: skip
     return Reading(
         new.time, cpu, cores, new.mem_total - new.mem_available, new.mem_total, new.load1,
         rx_s, tx_s, new.net_rx, new.net_tx, procs,

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from amoc.config import Config, Param, positive_ms
@@ -99,6 +99,7 @@ class _State:
     failures: int = 0
     error: str = ""
     samples: int = 0
+    comms: dict[str, str] = field(default_factory=dict)  # a watched name -> its comm, seen
 
 
 class Monitor:
@@ -175,6 +176,7 @@ class Monitor:
                             label, state.source.spec.describe(), state.failures)  # fmt: skip
             state.reading, state.up, state.failures, state.error = reading, True, 0, ""
             state.samples += 1
+            state.comms.update((n, p.comm) for n, p in reading.procs.items() if p.comm)
             due += self.interval
             await asyncio.sleep(max(0.0, due - loop.time()))
             if loop.time() - due > self.interval:  # fell behind (a slow host): skip ahead
@@ -242,8 +244,9 @@ class Monitor:
         for label, state in self._states.items():
             s = state.source.spec
             for name in s.processes:
-                cpu.append((column(label, "cpu", name), f"{name} on {label}"))
-                mem.append((column(label, "rss_mb", name), f"{name} RSS on {label}"))
+                shown = self._shown(state, name)
+                cpu.append((column(label, "cpu", name), f"{shown} on {label}"))
+                mem.append((column(label, "rss_mb", name), f"{shown} RSS on {label}"))
             if s.kind != "prometheus" or not s.series:
                 cpu.append((column(label, "cpu"), f"host {label}"))
                 mem.append((column(label, "mem_mb"), f"used on {label}"))
@@ -254,6 +257,12 @@ class Monitor:
         if other:
             out.append(("Servers under test: load and chosen series", "value", other))
         return out
+
+    @staticmethod
+    def _shown(state: _State, name: str) -> str:
+        """A watched name as a legend shows it: a pid with its process's name."""
+        comm = state.comms.get(name) if name.isdigit() else None
+        return f"{comm} {name}" if comm else name
 
     def view(self) -> dict[str, Any]:
         """A JSON-friendly view for the live table (over the attach socket too)."""

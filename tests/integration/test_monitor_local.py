@@ -146,7 +146,7 @@ def test_local_monitoring_of_ejabberd_agrees_with_ps(
     mean = sum(s for _t, _c, s in timed[1:]) / (len(timed) - 1)
     assert within(mean, 100 * (c1 - c0) / (t1 - t0), 0.15), (mean, timed)
     page = index.read_text()
-    assert "Servers under test: CPU" in page and f"{pid} on localhost" in page
+    assert "Servers under test: CPU" in page and f"beam.smp {pid} on localhost" in page
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import math
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -179,4 +180,5 @@ def test_the_servers_go_to_metrics_with_a_host_label() -> None:
     assert 'amoc_monitor_host_load1{host="localhost"}' in text
     charts = mon.charts()
     assert charts[0][0] == "Servers under test: CPU"
-    assert (f"mon.localhost.{pid}.cpu", f"{pid} on localhost") in charts[0][2]
+    comm = Path(f"/proc/{pid}/comm").read_text().strip()  # a pid shows with its name
+    assert (f"mon.localhost.{pid}.cpu", f"{comm} {pid} on localhost") in charts[0][2]
