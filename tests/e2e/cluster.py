@@ -54,9 +54,16 @@ class Cluster:
         self.master = Terminal(self.release, args, {**self.env("master"), **extra})
         return self.master
 
-    def start_slave(self, i: int, keys: Path | None = None, release: Path | None = None) -> None:
+    def start_slave(
+        self,
+        i: int,
+        keys: Path | None = None,
+        release: Path | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         home = release or self.release
-        done = amoc(home, "--name", self.name(i), "start", env=self.env("slave", keys))
+        env = {**self.env("slave", keys), **(extra or {})}
+        done = amoc(home, "--name", self.name(i), "start", env=env)
         assert done.returncode == 0, done.stderr
         self.slaves.append(self.name(i))
         self.homes[self.name(i)] = home
