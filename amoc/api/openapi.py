@@ -76,6 +76,31 @@ _STATUS = {
     },
 }
 
+_NODE = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "host": {"type": "string"},
+        "pid": {"type": "integer"},
+        "up": {"type": "boolean"},
+        "capacity": {"type": "number"},
+        "last_heartbeat_s": {"type": "number"},
+        "state": _nullable("string"),
+        "scenario": _nullable("string"),
+        "placed": {"type": "integer"},
+        "running": {"type": "integer"},
+        "pending": {"type": "integer"},
+        "errors": {"type": "integer"},
+        "downs": {"type": "integer"},
+        "clock_offset_ms": {
+            **_nullable("number"),
+            "description": "its clock minus the master's (measured from the heartbeats; "
+            "its TTDs are corrected by it), null until measured",
+        },
+        "clock_error_ms": {**_nullable("number"), "description": "the bound of that error"},
+    },
+}
+
 _PARAMETER = {
     "type": "object",
     "properties": {
@@ -112,9 +137,14 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "role": {"type": "string"},
             "count": {"type": "integer"},
-            "nodes": {"type": "array", "items": _ref("Status")},
+            "nodes": {
+                "type": "array",
+                "description": "a master's slaves (Node); a standalone node's own status",
+                "items": {"anyOf": [_ref("Node"), _ref("Status")]},
+            },
         },
     },
+    "Node": _NODE,
     "ScenarioList": {
         "type": "object",
         "properties": {

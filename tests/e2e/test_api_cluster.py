@@ -61,6 +61,14 @@ def test_the_masters_api_drives_the_cluster(cluster: Cluster, tmp_path: Path) ->
     assert sorted(n["name"] for n in nodes["nodes"]) == [cluster.node(1), cluster.node(2)]
     assert all(n["up"] for n in nodes["nodes"])
 
+    # Each slave's clock offset to the master, once a heartbeat measured it (one machine:
+    # within a few ms of nothing).
+    def offsets() -> list[Any]:
+        return [n["clock_offset_ms"] for n in call(port, "GET", "/api/cluster")[1]["nodes"]]
+
+    wait_until(lambda: None not in offsets(), "the clock offsets", 10, every=0.2)
+    assert all(abs(offset) < 20 for offset in offsets()), offsets()
+
     # Uploading needs the token, even on loopback.
     status, error = call(port, "POST", "/api/scenarios", {"name": "up1", "source": UPLOADED}, None)
     assert status == 401 and "error" in error
