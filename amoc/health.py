@@ -207,14 +207,22 @@ class Saturation:
     bounds: Bounds = field(default_factory=Bounds)
     spells: list[Spell] = field(default_factory=list)  # ended or still open, in time order
     _open: dict[str, Spell] = field(default_factory=dict)
+    _healthy: set[str] = field(default_factory=set)  # open spells just read healthy once
 
     def add(self, node: str, t0: float, t1: float, r: Reading) -> bool:
-        """Note a node's reading over [t0, t1]; whether it is saturated now."""
+        """Note a node's reading over [t0, t1]; whether it is saturated now. A spell
+        survives one healthy reading (a saturated node's lag dips under the bound at times):
+        two in a row end it."""
         why = self.bounds.why(r)
         spell = self._open.get(node)
         if why is None:
+            if spell is not None and node not in self._healthy:
+                self._healthy.add(node)
+                return False
             self._open.pop(node, None)
+            self._healthy.discard(node)
             return False
+        self._healthy.discard(node)
         if spell is None:
             spell = Spell(node, t0, t1, why, r.cpu, r.lag_p99)
             self._open[node] = spell

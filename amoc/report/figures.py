@@ -152,10 +152,11 @@ def row(
     if before is not None and health.CPU in now.get("counters", {}):
         cpu = 100 * (_counter(now, health.CPU) - _counter(before, health.CPU)) / 1000 / dt
     lag_hist = now.get("histograms", {}).get(health.LAG)
-    lag = math.nan
+    lag = lag_max = math.nan
     if lag_hist and before is not None:
         got = describe(difference(lag_hist, before.get("histograms", {}).get(health.LAG)))
-        lag = float(got["p99"]) if got["count"] else math.nan
+        if got["count"]:
+            lag, lag_max = float(got["p99"]), float(got["max"])
     return {
         "target": float(target if target is not None else running),
         "running": running,
@@ -167,6 +168,7 @@ def row(
         "errors": errors(now),
         "cpu": max(0.0, cpu) if not math.isnan(cpu) else cpu,
         "lag_p99": lag,
+        "lag_max": lag_max,
         # A slave's clock offset to the master (amoc.cluster.clock), in its own rows.
         "clock_ms": float(now.get("gauges", {}).get("cluster.clock_offset_ms", math.nan)),
         **features(now, before, seconds),

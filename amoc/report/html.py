@@ -41,8 +41,8 @@ CHARTS = (
 # The load generator's own health (amoc.health), after the servers' charts.
 HEALTH_CHARTS = (
     ("Load generator: CPU", "% of one core", (("cpu", "amoc CPU"),), (("cpu", "CPU"),)),
-    ("Load generator: event-loop lag", "ms", (("lag_p99", "loop lag p99"),),
-     (("lag_p99", "lag p99"),)),
+    ("Load generator: event-loop lag", "ms", (("lag_p99", "loop lag p99"),
+     ("lag_max", "loop lag max")), (("lag_p99", "lag p99"),)),
 )  # fmt: skip
 # The columns kept per node (the rest are the cluster's only).
 NODE_COLUMNS = (

@@ -288,6 +288,7 @@ def test_prepare_deploy_start_console_stop(site: Site) -> None:
     _restart_takes_a_changed_setting(site)
     _a_headless_cluster_run(site)
     _a_monitored_xmpp_run(site)
+    _a_capacity_search_on_the_cluster(site)
     _a_misspelled_set_is_refused(site)
     _status_and_stop_go_past_an_unreachable_host(site)
     _reports_come_back(site)
@@ -462,6 +463,26 @@ def _a_monitored_xmpp_run(site: Site) -> None:
     assert any(r.split(",")[cpu] for r in rows[1:]), rows
     page = local.read_text()
     assert "Servers under test: CPU" in page and f"sshd on {watched}" in page
+
+
+def _a_capacity_search_on_the_cluster(site: Site) -> None:
+    """make find-capacity: the master's search over the three slave nodes (no server: the
+    limit is on the users running), then the master daemon is back."""
+    started = time.monotonic()
+    done = site.make(
+        "find-capacity", "SCENARIO=dummy", "USERS=3:3:9", "THRESHOLDS=users.running <= 6",
+        "HOLD=1s", "RESOLUTION=3", "SET=dummy_wait=600000",
+    )  # fmt: skip
+    site.timings["find-capacity"] = time.monotonic() - started
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    steps = re.findall(r"^\[master\] +(\d) +(\d) .* (ok|FAIL .*)$", out, re.M)
+    assert [(n, load, r[:4]) for n, load, r in steps] == [
+        ("1", "3", "ok"), ("2", "6", "ok"), ("3", "9", "FAIL")], out  # fmt: skip
+    assert re.search(r"^\[master\] capacity: 6 users held; first limit: users\.running <= 6 "
+                     r"\(was 9\) at 9 users$", out, re.M), out  # fmt: skip
+    summary = r"^  master\s+ok\s+find-capacity found a capacity \(exit 0\); master daemon started"
+    assert re.search(summary, out, re.M), out
 
 
 def _a_misspelled_set_is_refused(site: Site) -> None:

@@ -1,5 +1,5 @@
 """`bin/amoc find-capacity` against the managed ejabberd: a limit this machine reaches (TTD
-p99 under 5 ms while the message rate rises with the users), found twice within 20%; the
+p99 under 25 ms while the message rate rises with the users), found twice within 20%; the
 same search with the amoc node held to a fifth of a core (a cgroup CPU quota) says
 client-bound, not a server limit; bad plans and thresholds refused before any user starts."""
 
@@ -21,20 +21,25 @@ from tests.integration.xmpp_fixture import XmppServer
 pytestmark = pytest.mark.integration
 
 FIRST = 170_001
-MOST = 1800
+MOST = 2200
+# The quota's period: a starved process waits up to 0.8 of it between its turns (400 ms:
+# its loop lag is far above any bound, not near one).
+PERIOD_US = 500_000
 
 
 def search(
     release: Path, server: XmppServer, report: Path, *extra: str, prefix: list[str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     """A search of xmpp_one_to_one (each user sends 10 messages a second) over
-    200:400:1800 users, holding each step 4 s; its output and capacity.json."""
+    200:400:2200 users, holding each step 4 s, for a TTD p99 under 25 ms (past that the
+    server saturates: the TTD climbs to hundreds of ms within one step, so noise on a shared
+    machine moves the limit little); its output and capacity.json."""
     pid = int(server.state()["pid"])
     args = [
         *(prefix or []), str(release / "bin" / "amoc"), "--name", f"cap{os.getpid()}",
         "find-capacity", "xmpp_one_to_one", "--users", f"200:400:{MOST}", "--first", str(FIRST),
         "--hold", "4s", "--settle", "1s", "--arrival", "1000", "--report", str(report),
-        "--thresholds", "xmpp.ttd_ms.p99 < 5",
+        "--thresholds", "xmpp.ttd_ms.p99 < 25",
         "--set", f"xmpp_port={server.port}", "--set", "xmpp_sasl=PLAIN",
         "--set", "messages_per_user=300", "--set", "message_interval=100",
         "--set", f"monitor_hosts=['local:{pid}']", *extra,
@@ -61,7 +66,7 @@ def test_a_search_finds_the_limit_and_a_second_lands_within_20_percent(
         assert done.returncode == 0, (done.stdout, done.stderr)
         assert not outcome["client_bound"], done.stdout
         assert outcome["held"] and outcome["broke"], done.stdout
-        assert "xmpp.ttd_ms.p99 < 5" in outcome["broke"]["failed"][0], done.stdout
+        assert "xmpp.ttd_ms.p99 < 25" in outcome["broke"]["failed"][0], done.stdout
         assert outcome["held"] < outcome["broke"]["load"] <= outcome["held"] + 200
         steps = [s["load"] for s in outcome["steps"]]
         assert steps[:2] == [200, 600] and all(s % 2 == 0 for s in steps)  # pairs stay pairs
@@ -82,13 +87,13 @@ def cpu_limited(share: float) -> Iterator[list[str]]:
     if Path("/sys/fs/cgroup/cgroup.controllers").exists() and v2.exists():
         group = Path("/sys/fs/cgroup") / name
         group.mkdir()
-        (group / "cpu.max").write_text(f"{int(share * 100_000)} 100000\n")
+        (group / "cpu.max").write_text(f"{int(share * PERIOD_US)} {PERIOD_US}\n")
     else:
         group = Path("/sys/fs/cgroup/cpu") / name
         assert group.parent.is_dir(), "no cgroup CPU controller: cannot limit the amoc node"
         group.mkdir()
-        (group / "cpu.cfs_period_us").write_text("100000\n")
-        (group / "cpu.cfs_quota_us").write_text(f"{int(share * 100_000)}\n")
+        (group / "cpu.cfs_period_us").write_text(f"{PERIOD_US}\n")
+        (group / "cpu.cfs_quota_us").write_text(f"{int(share * PERIOD_US)}\n")
     try:
         yield ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "limited"]
     finally:

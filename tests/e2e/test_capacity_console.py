@@ -1,0 +1,41 @@
+"""find_capacity from a real console (amoc_local), the way the README shows it: the table
+and the verdict print, the outcome's files are written, a bad plan is refused with no run
+(the limit is on the users running, so that no server is needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.terminal import Terminal
+
+pytestmark = pytest.mark.e2e
+
+
+def test_find_capacity_from_the_console(release: Path, tmp_path: Path) -> None:
+    term = Terminal(
+        release,
+        ["--name", f"capc{os.getpid()}", "console"],
+        {"AMOC_INTERARRIVAL": "0", "AMOC_DUMMY_WAIT": "600000", "AMOC_REPORT_DIR": str(tmp_path)},
+    )
+    try:
+        out = term.run(
+            'amoc_local.find_capacity("dummy", "users.running <= 4", users="2:2:6", '
+            'hold="1s", settle="0.2s", arrival=50)',
+            timeout=90,
+        )
+        lines = out.splitlines()
+        head = next(i for i, line in enumerate(lines) if line.startswith("find-capacity dummy"))
+        assert lines[head + 1].split()[:2] == ["step", "load"], out
+        steps = [line.split() for line in lines[head + 2 : head + 5]]
+        assert [s[:2] for s in steps] == [["1", "2"], ["2", "4"], ["3", "6"]], out
+        assert steps[0][-1] == steps[1][-1] == "ok" and "FAIL" in steps[2], out
+        assert "capacity: 4 users held; first limit: users.running <= 4 (was 6" in out, out
+        assert list(tmp_path.glob("capacity-*-dummy/capacity.json")), list(tmp_path.iterdir())
+        out = term.run('amoc_local.find_capacity("dummy", "users.running >= 1", users="4:2:4")')
+        assert "CapacityError" in out and "the plan does not rise" in out, out
+        assert term.value('amoc_local.status()["state"]') in ("idle", "finished")
+    finally:
+        term.leave()
