@@ -101,6 +101,9 @@ class Instance:
     scram_hash: str = "sha1"  # with scram: SCRAM-SHA-1 (and PLAIN), or sha256: SCRAM-SHA-256
     https_port: int = 0  # WebSocket and BOSH over TLS (wss://, https://), 0: none
     busy_wait: bool = True  # ejabberd's schedulers spin before they sleep (Erlang's default)
+    cluster: str = ""  # the ejabberd cluster this node belongs to ("": a server of its own)
+    epmd_port: int = 0  # the cluster's private epmd (0: distribution without epmd)
+    cookie: str = ""  # the cluster's shared Erlang cookie ("": a random one at each start)
 
     @property
     def path(self) -> Path:
@@ -470,12 +473,17 @@ def ejabberd_launch(inst: Instance) -> Launch:
         )
     )
     owner = _owner("ejabberd")
-    node = f"amoc_{inst.name}@127.0.0.1"
-    cookie = os.urandom(12).hex()
+    cookie = inst.cookie or os.urandom(12).hex()
+    # Alone: no epmd (the node listens on dist_port). In a cluster the nodes find each other
+    # (and ejabberdctl finds them) through the cluster's own epmd on 127.0.0.1.
+    dist = ["-erl_epmd_port", str(inst.dist_port)]
+    if inst.epmd_port:
+        dist = ["-kernel", "inet_dist_listen_min", str(inst.dist_port),
+                "inet_dist_listen_max", str(inst.dist_port)]  # fmt: skip
     argv = [
-        ERL, "-name", node, "-setcookie", cookie, "-noinput", "-noshell",
+        ERL, "-name", erlang_node(inst), "-setcookie", cookie, "-noinput", "-noshell",
         "+K", "true", "+P", "2000000", "+Q", str(OPEN_FILES),
-        "-erl_epmd_port", str(inst.dist_port), "-start_epmd", "false",
+        *dist, "-start_epmd", "false",
         "-kernel", "inet_dist_use_interface", "{127,0,0,1}",
         "-env", "ERL_CRASH_DUMP_BYTES", "0",
         "-mnesia", "dir", f'"{path / "db"}"',
@@ -496,7 +504,15 @@ def ejabberd_launch(inst: Instance) -> Launch:
         "ERL_MAX_ETS_TABLES": "20000",
         "ERL_CRASH_DUMP": str(path / "log" / "erl_crash.dump"),
     }
+    if inst.epmd_port:
+        env["ERL_EPMD_PORT"] = str(inst.epmd_port)
+        write_ctl_config(inst, cookie)
     return Launch(argv, env, owner)
+
+
+def erlang_node(inst: Instance) -> str:
+    """The Erlang node name of an ejabberd instance."""
+    return f"amoc_{inst.name}@127.0.0.1"
 
 
 def ejabberd_ready(inst: Instance) -> bool:
@@ -987,6 +1003,304 @@ def register(inst: Instance, first: int, last: int, user: str, password: str) ->
     return len(todo)
 
 
+# -- an ejabberd cluster -------------------------------------------------------------------
+
+EJABBERDCTL = "/usr/sbin/ejabberdctl"
+EPMD = "/usr/bin/epmd"
+CTL_TIMEOUT = 180.0
+NEEDS_ROOT = "an ejabberd cluster needs root (its nodes and ejabberdctl run as ejabberd)"
+
+EJABBERDCTL_CFG = """\
+# Written by tools/xmpp_server.py: ejabberdctl for node {node} of cluster {cluster}.
+ERLANG_NODE={node}
+INET_DIST_INTERFACE=127.0.0.1
+ERL_EPMD_ADDRESS=127.0.0.1
+export ERL_EPMD_PORT={epmd_port}
+EJABBERD_CONFIG_PATH={config}
+ERL_OPTIONS="-setcookie {cookie}"
+EJABBERD_BYPASS_WARNINGS=true
+"""
+
+
+@dataclass
+class Cluster:
+    """An ejabberd cluster of ours: its nodes (the first is the one the others join), each an
+    Instance under the cluster's directory, and the private epmd they find each other by."""
+
+    name: str
+    dir: str
+    nodes: list[str]
+    epmd_port: int
+    cookie: str
+    epmd_pid: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    def save(self) -> None:
+        (self.path / "cluster.json").write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    def members(self) -> list[Instance]:
+        """The nodes' saved instances, the first one first."""
+        found = [load(n, self.dir) for n in self.nodes]
+        missing = [n for n, i in zip(self.nodes, found, strict=True) if i is None]
+        if missing:
+            raise ServerError(f"cluster {self.name!r}: nodes {missing} have no state in {self.dir}")
+        return [i for i in found if i is not None]
+
+    def servers(self) -> str:
+        """The nodes' c2s addresses as amoc's `xmpp_servers` takes them."""
+        return ",".join(f"{i.host}:{i.port}" for i in self.members())
+
+
+def load_cluster(name: str, base: str | None) -> Cluster | None:
+    """The saved cluster called `name`, if any."""
+    state = instance_dir(name, base) / "cluster.json"
+    if not state.is_file():
+        return None
+    return Cluster(**json.loads(state.read_text()))
+
+
+def write_ctl_config(inst: Instance, cookie: str) -> None:
+    """ctl/ejabberdctl.cfg and ctl/inetrc: what `ejabberdctl --config-dir` needs to reach
+    this node through the cluster's epmd with the cluster's cookie."""
+    ctl = inst.path / "ctl"
+    ctl.mkdir(exist_ok=True)
+    (ctl / "ejabberdctl.cfg").write_text(
+        EJABBERDCTL_CFG.format(
+            node=erlang_node(inst),
+            cluster=inst.cluster,
+            epmd_port=inst.epmd_port,
+            config=inst.path / "ejabberd.yml",
+            cookie=cookie,
+        )
+    )
+    (ctl / "inetrc").write_text("{lookup, [file, native]}.\n")
+
+
+def ejabberdctl(inst: Instance, *args: str, timeout: float = CTL_TIMEOUT) -> str:
+    """`ejabberdctl ARGS` against a cluster node, run as the ejabberd user; its output."""
+    owner = _owner("ejabberd")
+    if owner is None:
+        raise ServerError(NEEDS_ROOT)
+    env = {**BASE_ENV, "HOME": str(inst.path)}
+    argv = [
+        "setpriv", f"--reuid={owner[0]}", f"--regid={owner[1]}", "--init-groups",
+        "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+        EJABBERDCTL, "--config-dir", str(inst.path / "ctl"), "--spool", str(inst.path / "db"),
+        "--logs", str(inst.path / "log"), *args,
+    ]  # fmt: skip
+    what = f"ejabberdctl {' '.join(args)} on {erlang_node(inst)}"
+    proc = subprocess.Popen(
+        argv, cwd=inst.path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise ServerError(f"{what} took more than {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise ServerError(f"{what} failed (exit {proc.returncode}): {out.strip()[-600:]}")
+    return out
+
+
+def _each(items: list[Instance], work: Callable[[Instance], object]) -> None:
+    """work(item) for every item, each in its own thread; raise the first error."""
+    errors: list[str] = []
+
+    def one(inst: Instance) -> None:
+        try:
+            work(inst)
+        except (OSError, ServerError, subprocess.SubprocessError) as exc:
+            errors.append(f"{inst.name}: {exc}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise ServerError("; ".join(errors))
+
+
+def start_epmd(cluster: Cluster) -> None:
+    """The cluster's own epmd on 127.0.0.1 (never the system's on 4369), unless it runs."""
+    if alive(cluster.epmd_pid):
+        return
+    if port_open("127.0.0.1", cluster.epmd_port):
+        raise ServerError(f"127.0.0.1:{cluster.epmd_port} (the cluster's epmd) is in use")
+    log = open(cluster.path / "epmd.log", "ab")  # noqa: SIM115 - the child keeps it
+    proc = subprocess.Popen(
+        [EPMD, "-address", "127.0.0.1", "-port", str(cluster.epmd_port)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    log.close()
+    cluster.epmd_pid = proc.pid
+    cluster.save()
+    deadline = time.monotonic() + 10
+    while not port_open("127.0.0.1", cluster.epmd_port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise ServerError(f"epmd did not start on 127.0.0.1:{cluster.epmd_port}")
+        time.sleep(0.05)
+
+
+def cluster_nodes(args: argparse.Namespace) -> list[Instance]:
+    """The instances of a new cluster: NAME1..NAMEn, ports counted up from --port and
+    --http-port, everything else as `start` takes it for one server."""
+    if (args.kind or "ejabberd") != "ejabberd":
+        raise ServerError("--nodes: only ejabberd clusters (Prosody has no clustering)")
+    if args.tls or args.tls_port or args.https_port:
+        raise ServerError("--nodes: a cluster runs plain c2s (no --tls, --tls-port, --https-port)")
+    if not 1 <= args.nodes <= 64:
+        raise ServerError(f"--nodes {args.nodes}: between 1 and 64")
+    base = str(instance_dir(args.name, args.dir))
+    port, http_port = args.port or 5222, args.http_port or 5280
+    nodes = []
+    for k in range(args.nodes):
+        one = argparse.Namespace(**{**vars(args), "name": f"{args.name}{k + 1}", "dir": base,
+                                    "port": port + k, "http_port": http_port + k})  # fmt: skip
+        nodes.append(to_start(one, None))
+    ports = [p for i in nodes for p in (i.port, i.http_port)]
+    if len(set(ports)) < len(ports) or max(ports) > 65535:
+        raise ServerError(
+            f"--nodes {args.nodes}: c2s ports {port}.. and HTTP ports {http_port}.. overlap or "
+            "pass 65535; choose --port and --http-port further apart"
+        )
+    for inst in nodes:
+        for flag, host, p in _addresses(inst):
+            if port_open(host, p):
+                raise ServerError(f"{host}:{p} ({flag} of {inst.name}) is already in use")
+    return nodes
+
+
+def start_cluster(args: argparse.Namespace, saved: Cluster | None) -> Cluster:
+    """Start an ejabberd cluster (or a saved one again) and join its nodes into one."""
+    if saved is not None:
+        if args.nodes and args.nodes != len(saved.nodes):
+            raise ServerError(
+                f"cluster {saved.name!r} has {len(saved.nodes)} nodes: remove it first "
+                f"(`tools/xmpp_server.py remove --name {saved.name}`) to make one of {args.nodes}"
+            )
+        return restart_cluster(saved)
+    if os.geteuid() != 0:
+        raise ServerError(NEEDS_ROOT)
+    began = time.monotonic()
+    nodes = cluster_nodes(args)
+    path = instance_dir(args.name, args.dir)
+    path.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(args.name, str(path), [i.name for i in nodes], free_port(),
+                      os.urandom(16).hex())  # fmt: skip
+    for inst in nodes:
+        inst.cluster, inst.epmd_port, inst.cookie = cluster.name, cluster.epmd_port, cluster.cookie
+    cluster.save()
+    try:
+        start_epmd(cluster)
+        _each(nodes, start)
+        seed = nodes[0]
+        if args.last:
+            # One node registers at its own pace; a joining node copies the table in bulk.
+            register(seed, args.first, args.last, args.user_prefix, args.password_prefix)
+        for inst in nodes[1:]:
+            join(inst, seed)
+    except BaseException:
+        stop_cluster(cluster)
+        raise
+    print(
+        f"ejabberd cluster {cluster.name!r} of {len(nodes)} nodes runs (up in "
+        f"{time.monotonic() - began:.1f} s): xmpp_servers {cluster.servers()}; "
+        f"epmd 127.0.0.1:{cluster.epmd_port}; files in {path}"
+    )
+    return cluster
+
+
+def join(inst: Instance, seed: Instance) -> None:
+    """`ejabberdctl join_cluster`: `inst` drops its own data, copies the seed's and serves."""
+    began = time.monotonic()
+    ejabberdctl(inst, "--no-timeout", "join_cluster", erlang_node(seed))
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ejabberd_ready(inst):
+        if time.monotonic() > deadline:
+            raise ServerError(f"{inst.name} did not serve within {START_TIMEOUT:.0f} s of joining")
+        time.sleep(0.1)
+    print(f"{inst.name} joined {erlang_node(seed)} in {time.monotonic() - began:.1f} s")
+
+
+def restart_cluster(cluster: Cluster) -> Cluster:
+    """Start a stopped cluster again: every node at once (mnesia waits for the others)."""
+    members = cluster.members()
+    if all(alive(i.pid) for i in members) and alive(cluster.epmd_pid):
+        print(f"ejabberd cluster {cluster.name!r} already runs: xmpp_servers {cluster.servers()}")
+        return cluster
+    start_epmd(cluster)
+    _each([i for i in members if not alive(i.pid)], start)
+    print(f"ejabberd cluster {cluster.name!r} runs again: xmpp_servers {cluster.servers()}")
+    return cluster
+
+
+def stop_cluster(cluster: Cluster) -> None:
+    """Stop every node (at once), then the cluster's epmd, by their pids."""
+    members = [i for n in cluster.nodes if (i := load(n, cluster.dir)) is not None]
+    _each(members, stop)
+    pid = cluster.epmd_pid
+    if alive(pid):
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    print(f"ejabberd cluster {cluster.name!r} stopped")
+
+
+def cluster_status(cluster: Cluster) -> bool:
+    """Print every node's status and who is joined; whether all answer, joined as one."""
+    members = cluster.members()
+    answering = [status(i) for i in members]
+    if not all(answering):
+        return False
+    listed = ejabberdctl(members[0], "list_cluster")
+    joined = [i.name for i in members if erlang_node(i) in listed]
+    print(
+        f"cluster {cluster.name!r}: {len(joined)} of {len(members)} nodes joined; "
+        f"xmpp_servers {cluster.servers()}; epmd 127.0.0.1:{cluster.epmd_port} "
+        f"(pid {cluster.epmd_pid})"
+    )
+    return len(joined) == len(members)
+
+
+def cluster_main(args: argparse.Namespace, cluster: Cluster | None) -> int:
+    """The verbs on a cluster (`start --nodes N`, or a name that is a cluster)."""
+    if args.verb == "start":
+        start_cluster(args, cluster)
+        return 0
+    if cluster is None:
+        raise ServerError(f"no cluster {args.name!r} here: `start --nodes N` first")
+    if args.verb in ("stop", "remove"):
+        stop_cluster(cluster)
+        if args.verb == "remove":
+            shutil.rmtree(cluster.path)
+            print(f"removed {cluster.path}")
+    elif args.verb == "status":
+        return 0 if cluster_status(cluster) else 3
+    elif args.verb == "pid":
+        members = cluster.members()
+        if not all(alive(i.pid) for i in members):
+            raise ServerError(f"cluster {cluster.name!r} is not running (every node)")
+        print(",".join(str(i.pid) for i in members))
+    elif args.verb == "register":
+        running = [i for i in cluster.members() if alive(i.pid)]
+        if not running:
+            raise ServerError(f"cluster {cluster.name!r} is not running: run `start` first")
+        register(running[0], args.first, args.last or args.first, args.user_prefix,
+                 args.password_prefix)  # fmt: skip
+    return 0
+
+
 # -- command line ---------------------------------------------------------------------------
 
 
@@ -1019,6 +1333,10 @@ def parser() -> argparse.ArgumentParser:
                    help="start: archive every message (MAM; the default)")  # fmt: skip
     p.add_argument("--busy-wait", action=argparse.BooleanOptionalAction, default=None,
                    help="start: ejabberd's schedulers spin before sleeping (default)")  # fmt: skip
+    p.add_argument("--nodes", type=int, default=None,
+                   help="start: an ejabberd cluster of N nodes joined as one (NAME1..NAMEn; c2s "
+                        "and HTTP ports counted up from --port and --http-port; with --last, "
+                        "users registered on the first node before the others join)")  # fmt: skip
     p.add_argument("--first", type=int, default=1, help="register: first user id")
     p.add_argument("--last", type=int, default=None, help="register: last user id")
     p.add_argument("--user-prefix", default="user_", help="register: account = prefix + id")
@@ -1092,38 +1410,45 @@ def print_pid(inst: Instance) -> None:
     print(inst.pid)
 
 
+def server_main(args: argparse.Namespace, saved: Instance | None) -> int:
+    """The verbs on one server."""
+    if args.verb == "start":
+        start(to_start(args, saved))
+        return 0
+    if saved is None:
+        if args.verb in ("stop", "remove"):
+            print(f"no server {args.name!r} was ever started here")
+            return 0
+        raise ServerError(f"no server {args.name!r} here: run `start` first")
+    if args.verb == "stop":
+        stop(saved)
+    elif args.verb == "remove":
+        stop(saved)
+        shutil.rmtree(saved.path)
+        print(f"removed {saved.path}")
+    elif args.verb == "status":
+        return 0 if status(saved) else 3
+    elif args.verb == "pid":
+        print_pid(saved)
+    elif args.verb == "register":
+        if saved.kind == "ejabberd" and not alive(saved.pid):
+            raise ServerError(f"ejabberd {args.name!r} is not running: run `start` first")
+        register(saved, args.first, args.last or args.first, args.user_prefix,
+                 args.password_prefix)  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parser().parse_args(argv)
     try:
-        saved = load(args.name, args.dir) if args.verb != "install" else None
         if args.verb == "install":
             install(args.kind or "ejabberd")
             return 0
-        if args.verb == "start":
-            start(to_start(args, saved))
-            return 0
-        if saved is None:
-            if args.verb in ("stop", "remove"):
-                print(f"no server {args.name!r} was ever started here")
-                return 0
-            raise ServerError(f"no server {args.name!r} here: run `start` first")
-        if args.verb == "stop":
-            stop(saved)
-        elif args.verb == "remove":
-            stop(saved)
-            shutil.rmtree(saved.path)
-            print(f"removed {saved.path}")
-        elif args.verb == "status":
-            return 0 if status(saved) else 3
-        elif args.verb == "pid":
-            print_pid(saved)
-        elif args.verb == "register":
-            if saved.kind == "ejabberd" and not alive(saved.pid):
-                raise ServerError(f"ejabberd {args.name!r} is not running: run `start` first")
-            register(saved, args.first, args.last or args.first, args.user_prefix,
-                     args.password_prefix)  # fmt: skip
-        return 0
+        cluster = load_cluster(args.name, args.dir)
+        if cluster is not None or args.nodes:
+            return cluster_main(args, cluster)
+        return server_main(args, load(args.name, args.dir))
     except ServerError as exc:
         print(f"xmpp_server: {exc}", file=sys.stderr)
         return 1

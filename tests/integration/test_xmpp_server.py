@@ -11,6 +11,8 @@ import contextlib
 import http.client
 import socket
 import ssl
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 
 from amoc import xmpp
 from tests.integration.xmpp_fixture import (  # noqa: F401 - fixtures
+    TOOL,
     XmppServer,
     ejabberd_tls_server,
     own_server,
@@ -398,3 +401,87 @@ def test_prosody_without_tls_takes_plain_logins_and_keeps_plain_passwords() -> N
         assert (accounts / "user%5f3.dat").read_text() == (
             'return {\n\t["password"] = "password_3";\n};\n'
         )
+
+
+# -- an ejabberd cluster ----------------------------------------------------------------------
+
+
+def _free_pair() -> int:
+    """A port p with p and p + 1 free on 127.0.0.1."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65000 and _bindable(port + 1):
+            return port
+    raise RuntimeError("no two free ports in a row")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _tool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_an_ejabberd_cluster_of_two_nodes_chats_across_them() -> None:
+    """`start --nodes 2`: two ejabberd nodes joined by ejabberdctl into one cluster, users
+    registered before the join log in on either node, and messages cross between them."""
+    name = f"pytest_cluster{free_port()}"
+    port, http_port = _free_pair(), _free_pair()
+    refused = _tool("start", "--name", name, "--nodes", "2", "--kind", "prosody")
+    assert refused.returncode == 1 and "only ejabberd clusters" in refused.stderr
+    try:
+        up = _tool("start", "--name", name, "--nodes", "2", "--port", str(port), "--http-port",
+                   str(http_port), "--no-mam", "--first", "1", "--last", "4")  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"xmpp_servers 127.0.0.1:{port},127.0.0.1:{port + 1}" in up.stdout
+        status = _tool("status", "--name", name)
+        assert status.returncode == 0 and "2 of 2 nodes joined" in status.stdout, status.stdout
+        pids = [int(p) for p in _tool("pid", "--name", name).stdout.strip().split(",")]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        # Registered after the join, on the cluster: every node knows the account at once.
+        assert "registered 1 users" in _tool("register", "--name", name, "--last", "5").stdout
+
+        async def go() -> list[xmpp.Message]:
+            kw = {"host": "127.0.0.1", "domain": "localhost", "client": "lean", "tls": False}
+            one = await xmpp.connect(1, port=port, **kw)
+            two = await xmpp.connect(2, port=port + 1, **kw)
+            five = await xmpp.connect(5, port=port + 1, **kw)
+            try:
+                for c in (one, two, five):
+                    await c.send_presence()
+                one.send_chat(2)
+                two.send_chat(1)
+                five.send_chat(1)
+                return [await two.wait_message(timeout_ms=5000),
+                        await one.wait_message(timeout_ms=5000),
+                        await one.wait_message(timeout_ms=5000)]  # fmt: skip
+            finally:
+                for c in (one, two, five):
+                    await c.stop()
+
+        got = asyncio.run(go())
+        senders = [m.sender.split("/")[0] for m in got]
+        # Two senders to user 1 on two connections: either may arrive first.
+        assert senders[0] == "user_1@localhost"
+        assert sorted(senders[1:]) == ["user_2@localhost", "user_5@localhost"]
+        assert all(m.ttd_ms is not None and m.ttd_ms < 1000 for m in got)
+    finally:
+        gone = _tool("remove", "--name", name)
+    assert gone.returncode == 0 and "removed" in gone.stdout
+    assert not any(_alive(p) for p in pids)
