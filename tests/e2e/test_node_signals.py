@@ -117,18 +117,24 @@ def test_a_daemon_stopped_by_sigterm_writes_the_report_of_its_run(
 
 BLOCKER = """
 import asyncio
+import os
 import time
+
+LET_GO = {let_go!r}
 
 
 async def start(user_id):
     await asyncio.sleep(0.5)
-    time.sleep(7)  # wrong on purpose: blocks the event loop
+    deadline = time.monotonic() + 60
+    while not os.path.exists(LET_GO) and time.monotonic() < deadline:
+        time.sleep(0.05)  # wrong on purpose: blocks the event loop until the test lets go
     await asyncio.sleep(3600)
 """
 
 
 def test_a_blocked_node_is_busy_not_dead_and_keeps_its_name(release: Path, node_name: str) -> None:
-    (release / "scenarios" / "blocker.py").write_text(BLOCKER)
+    let_go = release / "run" / f"{node_name}.let_go"  # the blocked loop turns once it exists
+    (release / "scenarios" / "blocker.py").write_text(BLOCKER.format(let_go=str(let_go)))
     env = {"AMOC_LOOP_BLOCK_WARN": "1000"}
     assert amoc(release, "--name", node_name, "start", env=env).returncode == 0
     answer = status_json(release, node_name)
@@ -156,8 +162,11 @@ def test_a_blocked_node_is_busy_not_dead_and_keeps_its_name(release: Path, node_
             every=0.1,
         )
         text = log.read_text()
-        assert "blocker.py" in text and "time.sleep(7)" in text, text[-3000:]
+        # The blocking line is named (the loop sleeps, now and then it looks for the file).
+        assert "blocker.py" in text, text[-3000:]
+        assert "time.sleep(0.05)" in text or "os.path.exists(LET_GO)" in text, text[-3000:]
         # Once the loop turns again, the node answers and stops cleanly.
+        let_go.touch()
         stopped = amoc(release, "--name", node_name, "stop")
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert not (release / "run" / node_name / "loop.busy").exists()
