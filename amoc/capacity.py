@@ -90,13 +90,14 @@ def parse_steps(text: str, option: str, whole: bool) -> Steps:
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min)?\s*$")
 
 
-def parse_duration(text: Any, option: str) -> float:
-    """`60s`, `2m`, `500ms` or a number of seconds -> seconds > 0, or CapacityError."""
+def parse_duration(text: Any, option: str, zero: bool = False) -> float:
+    """`60s`, `2m`, `500ms` or a number of seconds -> seconds > 0 (>= 0 with `zero`), or
+    CapacityError."""
     match = _DURATION.match(str(text))
     if not match:
         raise CapacityError(f"{option} {text!r}: expected a duration such as 60s, 2m or 500ms")
     value = float(match.group(1)) * {"ms": 0.001, "m": 60, "min": 60}.get(match.group(2), 1)
-    if value <= 0:
+    if value < 0 or (value == 0 and not zero):
         raise CapacityError(f"{option} {text!r}: must be > 0")
     return value
 
@@ -154,6 +155,8 @@ class Plan:
     thresholds: tuple[Threshold, ...]
     hold_s: float = 60.0
     settle_s: float = 2.0
+    cooldown_s: float = 5.0  # after a probe, before the next: the server drains its backlog
+    confirm: int = 1  # a failed probe runs again this many times before it counts
     resolution: float = 0.0  # 0: a quarter of a step
     arrival: float = 100.0  # users per second while a users-mode probe ramps up
     ramp_s: float = 10.0  # rate mode: how long users arrive before the hold
@@ -174,12 +177,19 @@ class Plan:
         base = self.resolution or self.steps.step / 4
         return max(base, self.unit)
 
-    def ids(self, load: float) -> tuple[int, int]:
-        """The user ids of a probe at `load`."""
+    def count(self, load: float) -> int:
+        """How many user ids a probe at `load` takes."""
         if self.mode == "users":
-            return self.first, self.first + int(load) - 1
-        count = math.ceil(load * (self.ramp_s + self.settle_s + self.hold_s + 5))
-        return self.first, self.first + count - 1
+            return int(load)
+        return math.ceil(load * (self.ramp_s + self.settle_s + self.hold_s + 5))
+
+    def ids_needed(self) -> int:
+        """At most how many ids a search takes: every probe has fresh ones (the steps, the
+        bisection's probes and the tries again of failed ones, each at most the maximum)."""
+        rising = sum(self.count(load) for load in self.steps.loads())
+        halvings = math.ceil(math.log2(max(2.0, self.steps.step / self.finest))) + 1
+        most = self.count(self.steps.stop)
+        return rising + self.confirm * most + halvings * (1 + self.confirm) * most
 
     def probe_settings(self, load: float) -> dict[str, Any]:
         """The settings of a probe's run: the pace of arrivals."""
@@ -197,7 +207,8 @@ class Plan:
         limits = "; ".join(t.text for t in self.thresholds)
         return (
             f"find-capacity {self.scenario}: {unit} {s.start:g}:{s.step:g}:{s.stop:g}, hold "
-            f"{self.hold_s:g} s, thresholds: {limits}"
+            f"{self.hold_s:g} s, thresholds: {limits}; user ids from {self.first}, at most "
+            f"{self.first + self.ids_needed() - 1}"
         )
 
 
@@ -210,6 +221,8 @@ def make_plan(
     hold: Any = "60s",
     settle: Any = "2s",
     ramp: Any = "10s",
+    cooldown: Any = "5s",
+    confirm: int = 1,
     resolution: float | None = None,
     arrival: float | None = None,
     first: int = 1,
@@ -229,10 +242,13 @@ def make_plan(
             raise CapacityError(f"{name} must be a number > 0, got {value!r}")
     if isinstance(first, bool) or not isinstance(first, int) or first < 1:
         raise CapacityError(f"--first must be an integer >= 1, got {first!r}")
+    if isinstance(confirm, bool) or not isinstance(confirm, int) or not 0 <= confirm <= 5:
+        raise CapacityError(f"--confirm must be an integer from 0 to 5, got {confirm!r}")
     texts = [thresholds] if isinstance(thresholds, str) else list(thresholds)
     return Plan(
         scenario=scenario, mode=mode, steps=steps, thresholds=tuple(parse_thresholds(texts)),
         hold_s=parse_duration(hold, "--hold"), settle_s=parse_duration(settle, "--settle"),
+        cooldown_s=parse_duration(cooldown, "--cooldown", zero=True), confirm=confirm,
         ramp_s=parse_duration(ramp, "--ramp"), resolution=float(resolution or 0.0),
         arrival=float(arrival or 100.0), first=first, settings=dict(settings or {}),
     )  # fmt: skip
@@ -255,6 +271,7 @@ class Result:
     client_bound: str | None = None  # the verdict when a load node was saturated
     started: float = 0.0
     report: str | None = None
+    retried: bool = False  # it failed and was run again (the next row)
 
     @property
     def client_limited(self) -> bool:
@@ -314,7 +331,7 @@ class Outcome:
             elif r.client_limited:
                 result = "client-bound"
             else:
-                result = "FAIL " + "; ".join(r.failed)
+                result = ("failed, tried again: " if r.retried else "FAIL ") + "; ".join(r.failed)
             rows.append((
                 str(n), f"{r.load:g}", _cell(f.get("messages_s")), _cell(f.get("ttd_p99")),
                 _cell(f.get("error_ratio"), 4), _cell(f.get("amoc_cpu")),
@@ -381,6 +398,7 @@ class Search:
         self.bench = bench
         self.log = log or (lambda line: None)
         self.results: list[Result] = []
+        self._next_id = plan.first  # each probe's users are fresh ones
 
     def run(self) -> Outcome:
         """Rise until a probe fails, then bisect; stop early when client-bound."""
@@ -388,7 +406,7 @@ class Search:
         bad: Result | None = None
         try:
             for load in self.plan.steps.loads():
-                r = self._probe(load)
+                r = self._confirmed(load)
                 if r.client_limited:
                     return self._outcome(good, r)
                 if not r.ok:
@@ -401,7 +419,7 @@ class Search:
                 mid = self._middle(good, bad.load)
                 if mid is None:
                     break
-                r = self._probe(mid)
+                r = self._confirmed(mid)
                 if r.client_limited:
                     return self._outcome(good, r)
                 if r.ok:
@@ -456,9 +474,27 @@ class Search:
         if self.bench.stopping.wait(seconds):
             raise _Stopped("stopped by a signal")
 
+    def _confirmed(self, load: float) -> Result:
+        """A probe; one that fails (not client-bound) runs again up to `confirm` times and
+        fails only if every try does: a moment of noise on the machine is not a limit."""
+        r = self._probe(load)
+        for _ in range(self.plan.confirm):
+            if r.ok or r.client_limited:
+                break
+            self.log(f"probe at {load:g} failed: trying it again to confirm")
+            r.retried = True
+            r = self._probe(load)
+        return r
+
     def _probe(self, load: float) -> Result:
         plan, bench = self.plan, self.bench
-        first, last = plan.ids(load)
+        if self.results:
+            self._wait(plan.cooldown_s)
+        # Fresh ids: what a probe left on the server (offline messages to users it stopped,
+        # sessions still closing) never reaches the next one's figures.
+        first = self._next_id
+        last = first + plan.count(load) - 1
+        self._next_id = last + 1
         self.log(f"probe {len(self.results) + 1}: {load:g} {plan.mode} (ids {first}..{last})")
         began = time.time()
         at_start = bench.read(bench.sample)

@@ -321,7 +321,9 @@ def _capacity_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         raise capacity.CapacityError(str(exc)) from None
     plan = capacity.make_plan(
         args.scenario, users=args.users, rate=args.rate, thresholds=args.thresholds or [],
-        hold=args.hold, settle=args.settle, ramp=args.ramp, resolution=args.resolution,
+        hold=args.hold, settle=args.settle, ramp=args.ramp, cooldown=args.cooldown,
+        confirm=args.confirm,
+        resolution=args.resolution,
         arrival=args.arrival, first=args.first,
     )  # fmt: skip
     return plan, settings
@@ -617,6 +619,10 @@ def _capacity_parser(sub: Any) -> None:
     find.add_argument("--hold", default="60s", help="the steady window of a step (60s)")
     find.add_argument("--settle", default="2s", help="after the ramp, before the hold (2s)")
     find.add_argument("--ramp", default="10s", help="--rate: arrivals before the hold (10s)")
+    find.add_argument("--cooldown", default="5s", help="between two steps (5s)")
+    find.add_argument(
+        "--confirm", type=int, default=1, help="run a failed step again this many times (1)"
+    )
     find.add_argument("--resolution", type=float, help="bisect down to this (a quarter step)")
     find.add_argument("--arrival", type=float, help="--users: users started per second (100)")
     find.add_argument("--first", type=int, default=1, help="first user id (default 1)")

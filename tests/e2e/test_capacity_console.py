@@ -23,15 +23,16 @@ def test_find_capacity_from_the_console(release: Path, tmp_path: Path) -> None:
     try:
         out = term.run(
             'amoc_local.find_capacity("dummy", "users.running <= 4", users="2:2:6", '
-            'hold="1s", settle="0.2s", arrival=50)',
+            'hold="1s", settle="0.2s", cooldown="0.5s", arrival=50)',
             timeout=90,
         )
         lines = out.splitlines()
         head = next(i for i, line in enumerate(lines) if line.startswith("find-capacity dummy"))
         assert lines[head + 1].split()[:2] == ["step", "load"], out
-        steps = [line.split() for line in lines[head + 2 : head + 5]]
-        assert [s[:2] for s in steps] == [["1", "2"], ["2", "4"], ["3", "6"]], out
-        assert steps[0][-1] == steps[1][-1] == "ok" and "FAIL" in steps[2], out
+        steps = [line.split() for line in lines[head + 2 : head + 6]]
+        assert [s[:2] for s in steps] == [["1", "2"], ["2", "4"], ["3", "6"], ["4", "6"]], out
+        assert steps[0][-1] == steps[1][-1] == "ok", out  # a failed step is tried again:
+        assert "tried again:" in lines[head + 4] and "FAIL" in lines[head + 5], out
         assert "capacity: 4 users held; first limit: users.running <= 4 (was 6" in out, out
         assert list(tmp_path.glob("capacity-*-dummy/capacity.json")), list(tmp_path.iterdir())
         out = term.run('amoc_local.find_capacity("dummy", "users.running >= 1", users="4:2:4")')

@@ -41,6 +41,7 @@ def test_durations() -> None:
     assert capacity.parse_duration("2m", "--hold") == 120
     assert capacity.parse_duration("500ms", "--hold") == 0.5
     assert capacity.parse_duration(3, "--hold") == 3
+    assert capacity.parse_duration("0s", "--cooldown", zero=True) == 0
     for bad in ("soon", "0s", "-1s"):
         with pytest.raises(capacity.CapacityError, match="--hold"):
             capacity.parse_duration(bad, "--hold")
@@ -76,7 +77,11 @@ def test_the_bisection_keeps_pairs_and_stops_at_the_resolution() -> None:
     odd = _plan(steps="101:100:501")
     assert odd.unit == 1 and capacity.Search(odd, None)._middle(101, 201) == 151  # type: ignore[arg-type]
     rate = _plan("rate", "10:10:50")
-    assert rate.ids(10) == (1, 10 * (10 + 2 + 60 + 5))
+    assert rate.count(10) == 10 * (10 + 2 + 60 + 5)
+    # Every probe has fresh ids: the rising steps, then at most three halvings of a step,
+    # and each failed probe tried once more.
+    assert plan.ids_needed() == 200 + 600 + 1000 + 1400 + 1800 + 1800 + 3 * 2 * 1800
+    assert "user ids from 1, at most 17600" in plan.describe()
     assert rate.probe_settings(12.5)["user_rate"] == 750
     assert plan.probe_settings(200)["interarrival"] == 10
 
@@ -91,12 +96,13 @@ def _result(load: float, ok: bool, **kw: object) -> capacity.Result:
 def test_an_outcome_reads_as_a_table_and_a_verdict() -> None:
     plan = _plan()
     results = [_result(200, True), _result(600, True), _result(1000, False), _result(800, True)]
+    results[2].retried = True
     out = capacity.Outcome(plan, 800, results[2], results)
     text = repr(out)
     assert text.splitlines()[1].split()[:3] == ["step", "load", "msgs/s"]
     verdict = "capacity: 800 users held; first limit: xmpp.ttd_ms.p99 < 5 (was 30 on node amoc)"
     assert f"{verdict} at 1000 users" in text and out.exit_code() == 0
-    assert "FAIL xmpp.ttd_ms.p99 < 5" in out.table()
+    assert "failed, tried again: xmpp.ttd_ms.p99 < 5" in out.table()
     first = capacity.Outcome(plan, None, results[2], results[2:3])
     assert first.exit_code() == 1 and "the first step (1000 users) failed" in first.verdict()
     bound = _result(600, False, client_bound="client-bound: figures include ... (node amoc: ...)")
