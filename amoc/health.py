@@ -1,14 +1,18 @@
 """The load generator's own health: event-loop lag and process CPU, and the client-bound verdict.
 
 Every node measures, in its own loop, how late its timers fire (`node.loop_lag_ms`, a
-histogram: a timer due every `HEALTH_TICK_S` records how late it ran) and the CPU its
-process used (`node.cpu_ms`, a counter of CPU milliseconds, every thread included). Both are
-ordinary metrics: they travel in the heartbeat's snapshot, merge on the master, and reach
-/metrics as `amoc_node_loop_lag_seconds` and `amoc_node_cpu_seconds_total`.
+histogram: a timer due every `HEALTH_TICK_S` records how late it ran), the CPU its process
+used (`node.cpu_ms`, a counter of CPU milliseconds, every thread included) and, on Linux, how
+long its loop thread ran or waited for a CPU (`node.loop_busy_ms`, from its schedstat: a
+loop held back by a CPU quota or by other processes waits, and its CPU alone looks low).
+They are ordinary metrics: they travel in the heartbeat's snapshot, merge on the master,
+and reach /metrics as `amoc_node_loop_lag_seconds`, `amoc_node_cpu_seconds_total` and
+`amoc_node_loop_busy_seconds_total`.
 
-A node is saturated in an interval when its loop lag p99 exceeds `client_lag_bound` or its
-CPU exceeds `client_cpu_bound` of one core; when that lasts `client_bound_sustain` ms, the
-run is client-bound: its figures include the load generator's own delay. `Saturation` keeps
+A node is saturated in an interval when its loop lag p99 exceeds `client_lag_bound`, or its
+CPU, or its loop's running-or-waiting time, exceeds `client_cpu_bound` of one core; when
+that lasts `client_bound_sustain` ms, the run is client-bound: its figures include the load
+generator's own delay. `Saturation` keeps
 those spells per node (the recorder, the live view and the capacity search read them).
 """
 
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +33,9 @@ from amoc.metrics.registry import Registry
 
 LAG = "node.loop_lag_ms"
 CPU = "node.cpu_ms"
+# The loop thread's time running or runnable (waiting for a CPU: other processes, a cgroup
+# quota), from Linux's schedstat: near the wall time, the loop never had a moment idle.
+BUSY = "node.loop_busy_ms"
 HEALTH_TICK_S = 0.05  # 20 timers a second: a few microseconds of CPU per second
 
 
@@ -75,15 +84,32 @@ class LoopHealth:
         self.tick = tick
         self._lag = registry.histogram(LAG)
         self._cpu = registry.counter(CPU)
+        self._busy = registry.counter(BUSY)
         self._cpu_seen = 0.0  # process CPU seconds already counted (ms counted as integers)
+        self._busy_seen = 0.0  # the loop thread's busy seconds already counted
+        self._schedstat: str | None = None  # the loop thread's /proc schedstat, if any
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Start the timer chain in the running loop."""
+        """Start the timer chain in the running loop (from the loop's thread)."""
         self._loop = asyncio.get_running_loop()
         self._cpu_seen = time.process_time() - self._cpu.value / 1000.0
+        path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        self._schedstat = path if os.path.exists(path) else None
+        self._busy_seen = self._busy_now() - self._busy.value / 1000.0
         self._schedule(self._loop.time() + self.tick)
+
+    def _busy_now(self) -> float:
+        """The loop thread's seconds on a CPU plus waiting for one (0 without schedstat)."""
+        if self._schedstat is None:
+            return 0.0
+        try:
+            with open(self._schedstat) as handle:
+                on_cpu, waiting = handle.read().split()[:2]
+        except (OSError, ValueError):
+            return self._busy_seen
+        return (int(on_cpu) + int(waiting)) / 1e9
 
     def stop(self) -> None:
         """Stop measuring."""
@@ -104,6 +130,10 @@ class LoopHealth:
         if whole > 0:
             self._cpu.inc(whole)
             self._cpu_seen += whole / 1000.0
+        busy = int((self._busy_now() - self._busy_seen) * 1000.0)
+        if busy > 0:
+            self._busy.inc(busy)
+            self._busy_seen += busy / 1000.0
         self._schedule(now + self.tick)  # from now: a late turn does not bunch the next ones
 
 
@@ -114,6 +144,7 @@ class Reading:
     cpu: float  # share of one core (1.0: a whole core), NaN when unknown
     lag_p99: float  # ms, NaN when no timer fired
     lag_max: float  # ms
+    busy: float = math.nan  # share of the time the loop thread ran or waited for a CPU
 
 
 def reading(now: Mapping[str, Any], before: Mapping[str, Any] | None) -> Reading:
@@ -123,16 +154,18 @@ def reading(now: Mapping[str, Any], before: Mapping[str, Any] | None) -> Reading
         return Reading(nan, nan, nan)
     seconds = float(now.get("time", 0.0)) - float(before.get("time", 0.0))
     counters, old = now.get("counters", {}), before.get("counters", {})
-    cpu = nan
+    cpu = busy = nan
     if CPU in counters and seconds > 0:
         cpu = max(0.0, counters[CPU] - old.get(CPU, 0)) / 1000.0 / seconds
+    if counters.get(BUSY) and seconds > 0:
+        busy = max(0.0, counters[BUSY] - old.get(BUSY, 0)) / 1000.0 / seconds
     hist = now.get("histograms", {}).get(LAG)
     if not hist:
-        return Reading(cpu, nan, nan)
+        return Reading(cpu, nan, nan, busy)
     lag = describe(difference(hist, before.get("histograms", {}).get(LAG)))
     if not lag["count"]:
-        return Reading(cpu, nan, nan)
-    return Reading(cpu, float(lag["p99"]), float(lag["max"]))
+        return Reading(cpu, nan, nan, busy)
+    return Reading(cpu, float(lag["p99"]), float(lag["max"]), busy)
 
 
 @dataclass(frozen=True)
@@ -159,6 +192,9 @@ class Bounds:
             return f"loop lag p99 {r.lag_p99:.0f} ms > {self.lag_ms:g} ms"
         if r.cpu > self.cpu:
             return f"CPU {r.cpu:.0%} of a core > {self.cpu:.0%}"
+        if r.busy > self.cpu:  # it wanted a core: running, or waiting for one it did not get
+            got = f", on a CPU {r.cpu:.0%}" if not math.isnan(r.cpu) else ""
+            return f"event loop running or waiting for a CPU {r.busy:.0%} of the time{got}"
         return None
 
 

@@ -105,6 +105,7 @@ HELP: dict[str, str] = {
     "by (amoc.cluster.clock)",
     "node.cpu_ms": "CPU this node's process used, every thread (amoc.health)",
     "node.loop_lag_ms": "how late this node's event loop ran a timer (amoc.health)",
+    "node.loop_busy_ms": "time this node's loop thread ran or waited for a CPU (amoc.health)",
 }
 
 _KINDS = ("counter", "gauge", "histogram")

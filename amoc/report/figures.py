@@ -148,9 +148,11 @@ def row(
     running = _gauge(now, "users.running")
     # The load generator's own health: CPU (% of one core; a total adds the nodes') and loop
     # lag p99 over the interval (amoc.health).
-    cpu = math.nan
+    cpu = busy = math.nan
     if before is not None and health.CPU in now.get("counters", {}):
         cpu = 100 * (_counter(now, health.CPU) - _counter(before, health.CPU)) / 1000 / dt
+    if before is not None and now.get("counters", {}).get(health.BUSY):
+        busy = 100 * (_counter(now, health.BUSY) - _counter(before, health.BUSY)) / 1000 / dt
     lag_hist = now.get("histograms", {}).get(health.LAG)
     lag = lag_max = math.nan
     if lag_hist and before is not None:
@@ -169,6 +171,7 @@ def row(
         "cpu": max(0.0, cpu) if not math.isnan(cpu) else cpu,
         "lag_p99": lag,
         "lag_max": lag_max,
+        "loop_busy": max(0.0, busy) if not math.isnan(busy) else busy,
         # A slave's clock offset to the master (amoc.cluster.clock), in its own rows.
         "clock_ms": float(now.get("gauges", {}).get("cluster.clock_offset_ms", math.nan)),
         **features(now, before, seconds),

@@ -40,7 +40,8 @@ CHARTS = (
 )  # fmt: skip
 # The load generator's own health (amoc.health), after the servers' charts.
 HEALTH_CHARTS = (
-    ("Load generator: CPU", "% of one core", (("cpu", "amoc CPU"),), (("cpu", "CPU"),)),
+    ("Load generator: CPU", "% of one core", (("cpu", "amoc CPU"),
+     ("loop_busy", "event loop running or waiting for a CPU")), (("cpu", "CPU"),)),
     ("Load generator: event-loop lag", "ms", (("lag_p99", "loop lag p99"),
      ("lag_max", "loop lag max")), (("lag_p99", "lag p99"),)),
 )  # fmt: skip

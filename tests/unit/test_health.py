@@ -37,6 +37,8 @@ def test_a_blocked_loop_shows_as_lag_and_its_cpu_is_counted() -> None:
     assert r.lag_max >= 200, r  # the timer due during the busy spell ran that late
     assert 0.3 <= r.cpu * (after["time"] - before["time"]) / 0.25 <= 1.5, r
     assert after["counters"][health.CPU] >= 240
+    # On a CPU or waiting for one: at least what it ran (more on a busy machine).
+    assert r.busy >= 0.8 * r.cpu, r
 
 
 def _snap(t: float, cpu_ms: int, lags: list[float]) -> dict[str, object]:
@@ -63,6 +65,10 @@ def test_a_run_is_client_bound_only_when_saturation_lasts() -> None:
     busy = health.Reading(cpu=0.95, lag_p99=10, lag_max=20)
     calm = health.Reading(cpu=0.30, lag_p99=1, lag_max=2)
     laggy = health.Reading(cpu=0.40, lag_p99=120, lag_max=300)  # a node held below a core
+    starved = health.Reading(cpu=0.10, lag_p99=9, lag_max=30, busy=0.97)  # waits for a CPU
+    assert sat.bounds.why(starved) == (
+        "event loop running or waiting for a CPU 97% of the time, on a CPU 10%"
+    )
     for t in range(2):  # two seconds busy, then calm: a spike, not a saturated node
         sat.add("s1@a", t, t + 1, busy)
     sat.add("s1@a", 2, 3, calm)

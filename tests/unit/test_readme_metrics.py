@@ -25,7 +25,7 @@ RECORDED = {
         "throttle.amoc_user_rate.executions", "throttle.amoc_user_rate.steps",
         "coordinator.pairs.batches", "coordinator.pairs.users", "cluster.users.lost",
         "cluster.control.bytes_in", "cluster.control.bytes_out", "one_to_one.received",
-        "node.cpu_ms",
+        "node.cpu_ms", "node.loop_busy_ms",
     ],
     "gauge": ["users.running", "xmpp.connected", "throttle.amoc_user_rate.rate",
               "cluster.nodes.up", "cluster.clock_offset_ms"],
