@@ -545,13 +545,15 @@ class Search:
     def _recorded(
         self, began: float, until: float
     ) -> tuple[list[dict[str, float]], float, list[health.Spell]]:
-        """The run's rows, its start, and the sustained saturation spells in the probe."""
+        """The run's rows, its start, and the sustained spells in the probe in which a node
+        lacked CPU."""
         rec = self.bench.recorder
         if rec is None or rec.info is None:
             return [], began, []
         started = float(rec.info["started"])
         rows = [dict(r) for r in rec.rows]
-        return rows, started, rec.saturation.bound(began - started, until - started)
+        # A failure is the load generator's when a node was short of CPU, not only late.
+        return rows, started, rec.saturation.starved(began - started, until - started)
 
     def _judge(
         self,

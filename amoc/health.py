@@ -208,11 +208,18 @@ class Spell:
     why: str
     cpu: float  # the highest CPU share seen in it
     lag_p99: float  # the highest lag p99 seen in it (ms)
+    busy: float = math.nan  # the highest share of time its loop ran or waited for a CPU
 
     @property
     def seconds(self) -> float:
         """How long it lasted."""
         return self.end - self.start
+
+    def starved(self, bound: float) -> bool:
+        """Whether the node lacked CPU in it (its CPU, or its loop's running-or-waiting
+        time, above `bound`), not only late timers: a burst of replies from a saturated
+        server makes a loop late too, without the node being short of CPU."""
+        return self.cpu > bound or self.busy > bound
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly."""
@@ -223,6 +230,7 @@ class Spell:
             "why": self.why,
             "cpu": _round(self.cpu),
             "lag_p99_ms": _round(self.lag_p99),
+            "busy": _round(self.busy),
         }
 
 
@@ -260,12 +268,13 @@ class Saturation:
             return False
         self._healthy.discard(node)
         if spell is None:
-            spell = Spell(node, t0, t1, why, r.cpu, r.lag_p99)
+            spell = Spell(node, t0, t1, why, r.cpu, r.lag_p99, r.busy)
             self._open[node] = spell
             self.spells.append(spell)
         spell.end = t1
         spell.cpu = _highest(spell.cpu, r.cpu)
         spell.lag_p99 = _highest(spell.lag_p99, r.lag_p99)
+        spell.busy = _highest(spell.busy, r.busy)
         return True
 
     def bound(self, since: float = -math.inf, until: float = math.inf) -> list[Spell]:
@@ -275,6 +284,10 @@ class Saturation:
             for s in self.spells
             if s.seconds >= self.bounds.sustain_s - 1e-6 and s.end > since and s.start < until
         ]
+
+    def starved(self, since: float = -math.inf, until: float = math.inf) -> list[Spell]:
+        """The sustained spells that overlap [since, until] in which the node lacked CPU."""
+        return [s for s in self.bound(since, until) if s.starved(self.bounds.cpu)]
 
     def now_bound(self) -> list[Spell]:
         """The sustained spells still going on."""
@@ -288,6 +301,14 @@ class Saturation:
 CLIENT_BOUND = "client-bound: figures include the load generator's delay"
 
 
+def _why(spell: Spell) -> str:
+    """What saturated a node over a spell: its first reading's reason, and the CPU it was
+    short of when it was (its highest CPU and running-or-waiting shares)."""
+    if math.isnan(spell.busy) or spell.why.startswith(("CPU", "event loop running")):
+        return spell.why
+    return f"{spell.why}; CPU {spell.cpu:.0%}, running or waiting for a CPU {spell.busy:.0%}"
+
+
 def verdict_line(spells: list[Spell]) -> str | None:
     """`client-bound: ... (node s1@h: CPU 97% of a core > 85% for 12 s)`, or None."""
     if not spells:
@@ -296,5 +317,5 @@ def verdict_line(spells: list[Spell]) -> str | None:
     for s in spells:
         if s.node not in worst or s.seconds > worst[s.node].seconds:
             worst[s.node] = s
-    parts = [f"node {n}: {s.why} for {s.seconds:.0f} s" for n, s in sorted(worst.items())]
+    parts = [f"node {n}: {_why(s)} for {s.seconds:.0f} s" for n, s in sorted(worst.items())]
     return f"{CLIENT_BOUND} ({'; '.join(parts)})"
