@@ -8,6 +8,8 @@ stop, remove.
                                [--no-busy-wait]
     tools/xmpp_server.py register --first 1 --last 10000
     tools/xmpp_server.py status | stop | remove | pid   # pid: what amoc's monitor watches
+    tools/xmpp_server.py start --name c --nodes 3 --port 15222 --http-port 15280 [--last 1000]
+                               # an ejabberd cluster: c1..c3 on 15222..15224, joined as one
 
 Each instance (`--name`) has its own directory (config, database, logs, pid, certificate)
 and its own ports, all on 127.0.0.1; its kind and flags are saved there, so that the later
@@ -29,10 +31,24 @@ versioning, offline messages, carbons, open in-band registration, WebSocket and 
 requires STARTTLS on c2s; --tls-port adds a direct-TLS (XEP-0368) listener. --scram stores
 SCRAM-SHA-1 hashes instead of plain passwords (PLAIN and SCRAM-SHA-1 logins work either way).
 --no-mam leaves MAM out: archiving multiplies the server's CPU per message by 6 (Prosody) to 9
-(ejabberd, mnesia), so a benchmark of plain chat throughput wants it off. --no-busy-wait
+(ejabberd, mnesia), so a benchmark of plain chat throughput wants it off. --no-offline leaves
+offline storage out: in an ejabberd cluster each user's first presence then no longer runs a
+mnesia transaction over every node (at 400 logins/s on 6 nodes that transaction queue grew
+to 125 000 and presences took minutes to come back). --no-busy-wait
 starts ejabberd's Erlang VM with schedulers that sleep as soon as they run out of work
 (+sbwt none): by default they spin a while first, and under a steady trickle of messages
 that spinning is most of the server's CPU time, which a benchmark would count as work.
+
+--nodes N makes an ejabberd cluster of N nodes (NAME1..NAMEn, each an instance with its own
+directory under NAME/, its c2s and HTTP ports counted up from --port and --http-port): a
+private epmd on 127.0.0.1 and one cookie for all of them, every node started at once, then
+each joined to the first by `ejabberdctl join_cluster` (mnesia: users, rosters and sessions
+are the cluster's; a user of any node chats with one of any other). With --first/--last the
+users are registered on the first node before the others join: a joining node copies the
+table in bulk, faster than registrations replicated one by one. The later verbs take the
+cluster's name: stop and remove (every node, then the epmd, by pid), status (each node and
+`ejabberdctl list_cluster`), pid (the nodes' pids, comma-separated) and register. A cluster
+needs root: its nodes and ejabberdctl run as the ejabberd user.
 
 Standard library only: it runs before the project's virtual environment exists.
 """
@@ -101,6 +117,7 @@ class Instance:
     scram_hash: str = "sha1"  # with scram: SCRAM-SHA-1 (and PLAIN), or sha256: SCRAM-SHA-256
     https_port: int = 0  # WebSocket and BOSH over TLS (wss://, https://), 0: none
     busy_wait: bool = True  # ejabberd's schedulers spin before they sleep (Erlang's default)
+    offline: bool = True  # messages to offline users stored and delivered at their next login
     cluster: str = ""  # the ejabberd cluster this node belongs to ("": a server of its own)
     epmd_port: int = 0  # the cluster's private epmd (0: distribution without epmd)
     cookie: str = ""  # the cluster's shared Erlang cookie ("": a random one at each start)
@@ -389,9 +406,7 @@ modules:
   mod_roster:
     versioning: true
   mod_http_api: {{}}
-  mod_offline:
-    access_max_user_messages: max_user_offline_messages
-  mod_register:
+{offline}  mod_register:
     ip_access: all
     access: register
   mod_stream_mgmt:
@@ -416,6 +431,11 @@ modules:
       - flat
       - pep
   mod_bosh: {{}}
+"""
+
+EJABBERD_OFFLINE = """\
+  mod_offline:
+    access_max_user_messages: max_user_offline_messages
 """
 
 EJABBERD_MAM = """\
@@ -470,6 +490,7 @@ def ejabberd_launch(inst: Instance) -> Launch:
             password_format="scram" if inst.scram else "plain",
             scram_hash="sha256" if inst.scram_hash == "sha256" else "sha",
             mam=EJABBERD_MAM if inst.mam else "",
+            offline=EJABBERD_OFFLINE if inst.offline else "",
         )
     )
     owner = _owner("ejabberd")
@@ -645,7 +666,7 @@ modules_disabled = {{ "s2s" }}
 
 modules_enabled = {{
     "roster"; "saslauth"; "tls"; "disco"; "ping"; "carbons"; "pep"; "private";
-    {mam}"smacks"; "register"; "offline"; "limits"; "websocket"; "bosh";
+    {mam}"smacks"; "register"; {offline}"limits"; "websocket"; "bosh";
     "time"; "version"; "uptime"; "admin_shell";
 }}
 -- Load: Debian's default shapes each connection to 10 KiB/s.
@@ -752,6 +773,7 @@ def prosody_launch(inst: Instance) -> Launch:
             muc_domain=q(inst.muc_domain),
             pubsub_domain=q(inst.pubsub_domain),
             mam='"mam"; ' if inst.mam else "",
+            offline='"offline"; ' if inst.offline else "",
         )
     )
     argv = [binary, "--config", str(path / "prosody.cfg.lua"), "-F"]
@@ -887,6 +909,8 @@ def describe(inst: Instance) -> str:
         parts.append(f"https 127.0.0.1:{inst.https_port} ({http.removeprefix('api, ')})")
     parts.append(f"scram-{inst.scram_hash} storage" if inst.scram else "plain storage")
     parts.append("MAM" if inst.mam else "no MAM")
+    if not inst.offline:
+        parts.append("no offline storage")
     if inst.cert:
         parts.append(f"certificate {inst.cert}")
     return "; ".join(parts)
@@ -896,7 +920,7 @@ def _settings(i: Instance) -> tuple[object, ...]:
     """What `start` sets up: two instances that agree on it run the same server."""
     return (
         i.kind, i.host, i.port, i.http_port, i.domain, i.tls, i.scram, i.tls_port, i.mam,
-        i.scram_hash, i.https_port,
+        i.scram_hash, i.https_port, i.offline,
     )  # fmt: skip
 
 
@@ -1331,6 +1355,8 @@ def parser() -> argparse.ArgumentParser:
                    help="start: with --scram, SHA-1 (default) or SHA-256 hashes")  # fmt: skip
     p.add_argument("--mam", action=argparse.BooleanOptionalAction, default=None,
                    help="start: archive every message (MAM; the default)")  # fmt: skip
+    p.add_argument("--offline", action=argparse.BooleanOptionalAction, default=None,
+                   help="start: keep messages for offline users (the default)")  # fmt: skip
     p.add_argument("--busy-wait", action=argparse.BooleanOptionalAction, default=None,
                    help="start: ejabberd's schedulers spin before sleeping (default)")  # fmt: skip
     p.add_argument("--nodes", type=int, default=None,
@@ -1388,6 +1414,7 @@ def to_start(args: argparse.Namespace, saved: Instance | None) -> Instance:
         mam=bool(_pick(args.mam, base.mam)),
         scram_hash=str(_pick(args.scram_hash, base.scram_hash)),
         busy_wait=bool(_pick(args.busy_wait, base.busy_wait)),
+        offline=bool(_pick(args.offline, base.offline)),
     )
     if saved is not None and saved.scram and not inst.scram:
         raise ServerError(
