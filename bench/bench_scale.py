@@ -167,11 +167,11 @@ def make_plan(args: argparse.Namespace, lim: Limits, users: int | None = None) -
 
 
 def most_users(args: argparse.Namespace, lim: Limits) -> Plan:
-    """The largest even user count (to 1000) that the machine allows, with the processes
+    """The largest user count (to 500) that the machine allows, with the processes
     given (or as many as that count needs)."""
     low, high = 0, args.users
-    while high - low > 1000:
-        mid = _round_down((low + high) / 2)
+    while high - low > 500:
+        mid = _round_down((low + high) / 2, 500)
         if make_plan(args, lim, mid).problems(lim):
             high = mid
         else:
