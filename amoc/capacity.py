@@ -290,6 +290,7 @@ class Outcome:
     more_nodes: int | None = None  # when client-bound: how many more amoc nodes
     interrupted: str | None = None
     written: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def client_bound(self) -> bool:
@@ -346,6 +347,7 @@ class Outcome:
 
     def __repr__(self) -> str:
         text = f"{self.plan.describe()}\n{self.table()}\n{self.verdict()}"
+        text += "".join(f"\n({note})" for note in self.notes)
         if self.interrupted:
             text += f"\n(interrupted: {self.interrupted})"
         return text
@@ -363,6 +365,7 @@ class Outcome:
             "verdict": self.verdict(),
             "steps": [asdict(r) for r in self.results],
             "interrupted": self.interrupted,
+            "notes": self.notes,
         }
 
 
@@ -421,7 +424,13 @@ class Search:
                     break
                 r = self._confirmed(mid)
                 if r.client_limited:
-                    return self._outcome(good, r)
+                    # The server already failed above this load without the load generator
+                    # short of CPU: that is the limit; this step says nothing more.
+                    out = self._outcome(good, bad)
+                    out.notes.append(
+                        f"the step at {mid:g} was client-bound: the bisection stopped there"
+                    )
+                    return out
                 if r.ok:
                     good = mid
                 else:
@@ -483,7 +492,10 @@ class Search:
                 break
             self.log(f"probe at {load:g} failed: trying it again to confirm")
             r.retried = True
-            r = self._probe(load)
+            again = self._probe(load)
+            if again.client_limited:  # says nothing of the server: the failure stands
+                return r
+            r = again
         return r
 
     def _probe(self, load: float) -> Result:

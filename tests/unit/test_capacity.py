@@ -4,6 +4,7 @@ bisection's middle, and how an outcome reads."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -111,3 +112,39 @@ def test_an_outcome_reads_as_a_table_and_a_verdict() -> None:
     assert "at 600 users the load generator was saturated, not the server" in starved.verdict()
     assert "about 2 more amoc node(s)" in starved.verdict()
     assert math.isnan(capacity._mean([]))
+
+
+class Scripted(capacity.Search):
+    """The search's decisions over scripted steps: (ok, client-bound) by load, in order."""
+
+    def __init__(self, plan: capacity.Plan, script: dict[float, list[tuple[bool, bool]]]):
+        nothing: Any = None  # no runner: _probe is scripted
+        super().__init__(plan, capacity.Bench(nothing, nothing, nothing, nothing, nothing))
+        self.script = script
+
+    def _probe(self, load: float) -> capacity.Result:
+        ok, bound = self.script[load].pop(0)
+        r = _result(load, ok, client_bound="client-bound: ..." if bound else None)
+        self.results.append(r)
+        return r
+
+
+def test_the_search_rises_confirms_bisects_and_knows_the_load_generator() -> None:
+    plan = _plan(steps="200:400:1800")  # finest 100
+    clean, fail, starved = (True, False), (False, False), (False, True)
+    out = Scripted(plan, {200: [clean], 600: [clean], 1000: [fail, fail], 800: [clean],
+                          900: [fail, clean]}).run()  # fmt: skip
+    assert (out.held, out.broke and out.broke.load) == (900, 1000) and not out.client_bound
+    assert [r.load for r in out.results] == [200, 600, 1000, 1000, 800, 900, 900]
+    # A step that fails while the load generator was short of CPU ends the rise: client-bound.
+    out = Scripted(plan, {200: [clean], 600: [starved]}).run()
+    assert out.client_bound and out.held == 200 and out.exit_code() == 0
+    # In the bisection, the server's failure above it stands: a note, no client-bound verdict.
+    out = Scripted(plan, {200: [clean], 600: [clean], 1000: [fail, fail], 800: [starved]}).run()
+    assert not out.client_bound and (out.held, out.broke.load) == (600, 1000)  # type: ignore[union-attr]
+    assert out.notes == ["the step at 800 was client-bound: the bisection stopped there"]
+    # A failure tried again that comes back client-bound is still a failure.
+    out = Scripted(plan, {200: [clean], 600: [fail, starved], 400: [clean], 500: [clean]}).run()
+    assert (out.held, out.broke.load) == (500, 600)  # type: ignore[union-attr]
+    out = Scripted(plan, {200: [fail, fail]}).run()
+    assert out.held is None and out.exit_code() == 1
