@@ -586,6 +586,14 @@ def _offline_inventory(
     return inventory
 
 
+def test_monitor_hosts_in_group_vars_pass_the_checks(tmp_path: Path) -> None:
+    """Sources as maps and strings are taken by the checks (the unreachable hosts stop it)."""
+    sources = '[{kind: ssh, host: db1, user: amoc, processes: [beam.smp]}, "local:beam.smp"]'
+    done = _make("deploy", _offline_inventory(tmp_path, {"monitor_hosts": sources}))
+    assert done.returncode != 0
+    assert "monitor_hosts must be" not in done.stdout and "unreachable" in done.stdout, done.stdout
+
+
 def _make(target: str, inventory: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["make", "-s", target, f"INVENTORY={inventory}"],
@@ -605,8 +613,10 @@ def _make(target: str, inventory: Path) -> subprocess.CompletedProcess[str]:
         ({"interarrival": "fast"}, "", "interarrival must be a number of milliseconds"),
         ({"scenario_params": "{dummy_wait: {a: 1}}"}, "", "scenario_params.dummy_wait = "),
         ({}, "amoc_capacity=-1", "amoc_capacity = -1 for host m: amoc_capacity must be"),
+        ({"monitor_hosts": "42"}, "", "monitor_hosts = 42 (int) for host m: monitor_hosts "
+         "must be a list of monitor sources"),
     ],
-)
+)  # fmt: skip
 def test_a_wrong_typed_variable_is_named(
     tmp_path: Path, settings: dict[str, str], host_vars: str, message: str
 ) -> None:
