@@ -34,8 +34,9 @@ def server_lines(view: dict[str, Any]) -> list[str]:
             why = entry.get("error") or "not sampled yet"
             lines.append(f"server {label}: no data ({why})")
             continue
+        gib = entry.get("mem_used", math.nan) / 2**30
         parts = [f"cpu {fmt('', 100 * entry.get('cpu', math.nan))}%",
-                 f"mem {entry.get('mem_used', 0) / 2**30:.1f} GiB",
+                 f"mem {'-' if math.isnan(gib) else f'{gib:.1f}'} GiB",
                  f"load {fmt('', entry.get('load1', math.nan))}"]  # fmt: skip
         for name, p in sorted(entry.get("procs", {}).items()):
             parts.append(f"{name} cpu {fmt('', 100 * p['cpu'])}% rss {p['rss'] / 2**20:.0f} MiB")
