@@ -182,3 +182,46 @@ def test_the_servers_go_to_metrics_with_a_host_label() -> None:
     assert charts[0][0] == "Servers under test: CPU"
     comm = Path(f"/proc/{pid}/comm").read_text().strip()  # a pid shows with its name
     assert (f"mon.localhost.{pid}.cpu", f"{comm} {pid} on localhost") in charts[0][2]
+
+
+NODE_EXPORTER = """# HELP node_cpu_seconds_total Seconds the CPUs spent in each mode.
+# TYPE node_cpu_seconds_total counter
+node_cpu_seconds_total{{cpu="0",mode="idle"}} {idle0}
+node_cpu_seconds_total{{cpu="0",mode="user"}} {user0}
+node_cpu_seconds_total{{cpu="0",mode="iowait"}} 0
+node_cpu_seconds_total{{cpu="1",mode="idle"}} {idle1}
+node_cpu_seconds_total{{cpu="1",mode="system"}} {sys1}
+node_load1 0.75
+node_memory_MemTotal_bytes 8e+09
+node_memory_MemAvailable_bytes 6e+09
+node_network_receive_bytes_total{{device="eth0"}} {rx}
+node_network_receive_bytes_total{{device="lo"}} 99999
+node_network_transmit_bytes_total{{device="eth0"}} 0
+process_resident_memory_bytes 1.5e+07
+"""
+
+
+def test_a_node_exporter_scrape_gives_the_hosts_figures() -> None:
+    source = sources.PrometheusSource(
+        spec.parse_one({"kind": "prometheus", "url": "http://h:9100/metrics",
+                        "series": ["process_resident_memory_bytes", "node_load1",
+                                   'node_network_receive_bytes_total{device="eth0"}']})
+    )  # fmt: skip
+
+    def scrape(**values: float) -> list[tuple[str, dict[str, str], float]]:
+        return sources.parse_exposition(NODE_EXPORTER.format(**values))
+
+    def reading(now: float, samples: list[tuple[str, dict[str, str], float]]) -> procfs.Reading:
+        host = sources._node_exporter(samples)
+        chosen = {s: sources.select(samples, s) for s in source.spec.series}
+        last, source._last = source._last, (now, host, chosen)
+        return source._reading(now, host, chosen, last)
+
+    reading(10.0, scrape(idle0=100, user0=100, idle1=150, sys1=50, rx=1000))
+    r = reading(12.0, scrape(idle0=101, user0=102, idle1=150.5, sys1=51.5, rx=5096))
+    # cpu0: 2 busy of 3 s, cpu1: 1.5 of 2 s: 3.5 busy of 5 over two cores.
+    assert r.cpu == pytest.approx(3.5 / 5 * 2)
+    assert (r.mem_total, r.mem_used, r.load1) == (8e9, 2e9, 0.75)
+    assert r.net_rx_s == pytest.approx(2048)  # eth0 only, not lo
+    assert r.series["process_resident_memory_bytes"] == 1.5e7
+    assert r.series['node_network_receive_bytes_total{device="eth0"}'] == pytest.approx(2048)
