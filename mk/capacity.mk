@@ -25,13 +25,15 @@ DEMO_CAPACITY_MAX  ?= 2600
 DEMO_CAPACITY_STEP ?= 400
 DEMO_CAPACITY_TTD  ?= 5
 DEMO_CAPACITY_HOLD ?= 20s
+# Every step has fresh users: the plan's first line says how many ids it may take.
+DEMO_CAPACITY_IDS  ?= 30000
 
 .PHONY: demo-capacity
 
 demo-capacity: deps dev rel
 	@$(MAKE) --no-print-directory xmpp-start XMPP_OPTS=--no-mam
 	@set -e; trap '$(XMPP_TOOL) remove --name $(XMPP_NAME)' EXIT; \
-	$(XMPP_TOOL) register --name $(XMPP_NAME) --first 1 --last $(DEMO_CAPACITY_MAX); \
+	$(XMPP_TOOL) register --name $(XMPP_NAME) --first 1 --last $(DEMO_CAPACITY_IDS); \
 	$(REL)/bin/amoc --name demo find-capacity xmpp_one_to_one --arrival 1000 \
 		--users 200:$(DEMO_CAPACITY_STEP):$(DEMO_CAPACITY_MAX) --hold $(DEMO_CAPACITY_HOLD) \
 		--thresholds 'xmpp.ttd_ms.p99 < $(DEMO_CAPACITY_TTD)' \
