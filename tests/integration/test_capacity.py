@@ -121,6 +121,23 @@ def test_a_search_whose_amoc_node_is_starved_says_client_bound(
     assert 'id="client-bound"' in index.read_text()
 
 
+def test_a_starved_headless_run_says_client_bound_in_its_summary(
+    release: Path, users: XmppServer, tmp_path: Path
+) -> None:
+    with cpu_limited(0.1) as prefix:
+        done = subprocess.run(
+            [*prefix, str(release / "bin" / "amoc"), "--name", f"run{os.getpid()}", "run",
+             "xmpp_one_to_one", "--users", "400", "--first", str(FIRST), "--duration", "12",
+             "--rate", "1000", "--report", str(tmp_path), "--max-error-ratio", "1",
+             "--set", f"xmpp_port={users.port}", "--set", "xmpp_sasl=PLAIN",
+             "--set", "messages_per_user=300", "--set", "message_interval=100"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    line = "client-bound: figures include the load generator's delay (node run"
+    assert line in done.stdout and f"amoc: {line}" in done.stderr, (done.stdout, done.stderr)
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
