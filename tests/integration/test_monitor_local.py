@@ -114,6 +114,9 @@ def test_local_monitoring_of_ejabberd_agrees_with_ps(
         assert within(r["cpu"], r["ps_cpu"]), r
         assert within(r["rss"], r["ps_rss"]), r
         assert abs(r["cpu"] - r["ps_whole"]) < 1.5, r  # ps's whole seconds
+    worst = {k: max(abs(r[k] / r[f"ps_{k}"] - 1) for r in live) for k in ("cpu", "rss")}
+    print(f"\n/metrics against ps/top at {len(live)} moments: CPU seconds within "
+          f"{worst['cpu']:.1%}, RSS within {worst['rss']:.1%}; e.g. {live[-1]}")  # fmt: skip
 
     index = Path(re.search(r"report: (\S+)", out).group(1))  # type: ignore[union-attr]
     summary = json.loads((index.parent / "summary.json").read_text())
@@ -127,6 +130,7 @@ def test_local_monitoring_of_ejabberd_agrees_with_ps(
     series = sorted({(started + float(x[taken]), float(x[cpu_s]), float(x[rss_mb]) * 2**20)
                      for x in rows if x[taken]})  # fmt: skip
     compared = 0
+    gaps: list[tuple[float, float]] = []
     for r in live:
         # The report's figures at that moment: between the samples taken around it.
         around = [(a, b) for a, b in itertools.pairwise(series)
@@ -138,7 +142,13 @@ def test_local_monitoring_of_ejabberd_agrees_with_ps(
         compared += 1
         assert within(ca + f * (cb - ca), r["ps_cpu"]), (around, r)
         assert within(ra + f * (rb - ra), r["ps_rss"]), (around, r)
+        gaps.append((abs((ca + f * (cb - ca)) / r["ps_cpu"] - 1),
+                     abs((ra + f * (rb - ra)) / r["ps_rss"] - 1)))  # fmt: skip
     assert compared >= 3, (series[:3], live)
+    print(
+        f"the report against ps/top at {compared} moments: CPU seconds within "
+        f"{max(g[0] for g in gaps):.1%}, RSS within {max(g[1] for g in gaps):.1%}"
+    )
     # The plotted CPU (% of a core over each second) is the cumulative CPU's slope.
     timed = [(float(x["t"]), float(x[cpu_s]), float(x[share])) for x in rows if x[share]]
     assert max(s for _t, _c, s in timed) > 5, timed  # the server worked under the load
