@@ -1,37 +1,41 @@
 """100 000 users on one machine: an ejabberd cluster, an amoc cluster, one table.
 
-    make bench-scale                     # 100 000 users (BENCH_SCALE_OPTS="--users 2000 ...")
+    make bench-scale                     # 100 000 users, about 16 minutes
+    make bench-scale BENCH_SCALE_USERS=2000 BENCH_SCALE_OPTS="--interval 10 --window 10"
     .venv/bin/python bench/bench_scale.py [--users 100000] [--server-nodes N] [--slaves N]
-        [--rate 1500] [--interval 100] [--messages 4] [--window 60] [--timeout 1200]
-        [--release DIR] [--source-addresses 127.0.0.2/31]
+        [--rate 400] [--interval 100] [--messages 4] [--window 60] [--timeout 1200]
+        [--release DIR] [--source-addresses 127.0.0.2/31] [--busy-wait] [--keep]
 
 What it starts, all on loopback, and stops (by pid) and removes at the end:
-- an ejabberd cluster of its own (tools/xmpp_server.py start --nodes N): N ejabberd nodes
-  joined into one mnesia cluster by `ejabberdctl join_cluster`, each on its own c2s port and
-  holding fewer sessions than a process has open files; the users are registered on the
-  first node before the others join (they copy the table);
+- an ejabberd cluster of its own (tools/xmpp_server.py start --nodes N, no MAM, no offline
+  storage): N ejabberd nodes joined into one mnesia cluster by `ejabberdctl join_cluster`,
+  each on its own c2s port and holding fewer sessions than a process may open files (N is
+  what --users needs: 6 for 100 000); the users are registered on the first node before the
+  others join (they copy the table);
 - a release of amoc (tools/release.sh into a directory of its own, or --release), its CURVE
-  keys (`bin/amoc keys`), a master and --slaves slave nodes started with `bin/amoc start`
-  as a user starts them;
+  keys (`bin/amoc keys`), a master and as many slave nodes (--slaves) started with
+  `bin/amoc start`, as a user starts them;
 - on the master's console, `amoc_dist.do("xmpp_one_to_one", 1, N, settings=...)` with the
-  ejabberd nodes as `xmpp_servers` (user id k to node (k - 1) mod n: neighbours k, k + 1 sit
-  on different server nodes and on different amoc nodes, so every message crosses both
-  clusters), users arriving at --rate per second over the cluster (`user_rate`), each sending
-  --messages stamped messages, one every --interval seconds.
+  ejabberd nodes as `xmpp_servers` (user k to server node (k - 1) mod n and, round robin, to
+  slave (k - 1) mod m: neighbours k and k + 1 sit on different server nodes and different amoc
+  nodes, so every message crosses both clusters), users arriving at --rate per second over
+  the cluster (`user_rate`), each sending --messages stamped messages, one every --interval
+  seconds (the first one to two intervals after its login).
 
-Measured: users connected at peak (amoc's running users, ejabberd's sessions); logins/s over
-the ramp (do -> all users running) and what limited it (the CPU of the ejabberd nodes and of
-the amoc nodes over the ramp: when the machine's two cores are busy and the arrival rate is
-not reached, the side that took most of them); RSS summed over the slave nodes per user
-(also above their idle RSS), ejabberd's RSS above idle per session; TTD p50 / p99 / max and
-messages sent / received over the whole run (every message is sent after every user is
-online); the master's CPU and control-plane bytes per second in a steady window (every user
-connected, messages flowing); how long status() and one frame of watch() take on the
-master's console at full load.
+Measured: users connected at peak (amoc's running users, ejabberd's sessions); logins/s while
+ejabberd's sessions rose from 10% to 90% of the users, and what limited them (the arrival
+rate asked, or the cores: the CPU the ejabberd nodes and the amoc nodes spent over that
+ramp, per login, and where the two cores would run out); RSS (and PSS, shared pages counted
+once) summed over the slave nodes per user, and above their idle figure; ejabberd's RSS
+above idle per session; TTD p50 / p99 / max in a steady window (every user connected, no
+login, the first messages flowing) and over the whole run; messages sent and received; the
+master's CPU and control-plane bytes per second in the steady window; the time from `do` to
+every user running; how long status() and one frame of watch() take on the master's console
+at full load.
 
 Bad input: a user count above what the machine allows (open files per process times the
 processes, ephemeral ports per address pair, memory) is refused before anything starts,
-saying why and how many users it can do (exit 2).
+saying why and how many users it can do (exit 2); so is a ramp that would outlast the users.
 """
 
 from __future__ import annotations
@@ -656,13 +660,20 @@ def _count(metrics: dict[str, Any], name: str) -> float:
 
 
 def limited_by(rate: float, achieved: float, c: dict[str, float]) -> str:
-    """What held the login rate: the arrival rate asked for, or the cores (and whose)."""
+    """What held the login rate: the arrival rate asked for, or the cores (and whose); with
+    the CPU each side spent per login and the rate at which the cores would run out."""
     n = os.cpu_count() or 1
-    share = (f"ejabberd {c['server_cpu']:.2f} + amoc {c['slaves_cpu']:.2f} "
-             f"+ master {c['master_cpu']:.2f} of {c['busy']:.2f} busy cores of {n}")  # fmt: skip
+    server_ms = 1000 * c["server_cpu"] / achieved if achieved > 0 else math.nan
+    client_ms = 1000 * (c["slaves_cpu"] + c["master_cpu"]) / achieved if achieved > 0 else math.nan
+    share = (f"ejabberd {c['server_cpu']:.2f} cores ({server_ms:.1f} ms of CPU per login), "
+             f"amoc {c['slaves_cpu'] + c['master_cpu']:.2f} ({client_ms:.1f} ms); "
+             f"{c['busy']:.2f} of the {n} cores busy")  # fmt: skip
     if achieved >= 0.95 * rate:
-        return f"the arrival rate asked ({rate:.0f}/s); {share}"
-    side = "server" if c["server_cpu"] >= c["slaves_cpu"] + c["master_cpu"] else "client"
+        most = 1000 * n / (server_ms + client_ms)
+        part = server_ms / (server_ms + client_ms)
+        return (f"the arrival rate asked ({rate:.0f}/s); {share}: the cores would run out "
+                f"near {most:.0f}/s, {100 * part:.0f}% of them the server's")  # fmt: skip
+    side = "server" if server_ms >= client_ms else "client"
     return f"{side} cores ({share})"
 
 
