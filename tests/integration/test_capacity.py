@@ -48,6 +48,7 @@ def search(
         "--set", f"monitor_hosts=['local:{pid}']", *extra,
     ]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=400)
+    print(f"\n{done.stdout}")  # the table and the verdict (pytest -s shows them)
     found = re.search(r"capacity report: (\S+)", done.stdout)
     assert found, (done.stdout, done.stderr)
     outcome = json.loads((Path(found.group(1)).parent / "capacity.json").read_text())
