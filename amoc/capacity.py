@@ -41,6 +41,7 @@ from amoc.status import Runner
 MODES = ("users", "rate")
 _STATS = ("count", "mean", "p50", "p90", "p99", "max")
 DEFAULT_ERRORS = "error_ratio <= 0.01"
+PACES = ("interarrival", "user_rate")  # the settings a probe sets to pace its arrivals
 RAMP_MARGIN_S = 30.0  # beyond load / arrival rate, before a ramp that does not end fails
 
 
@@ -391,6 +392,7 @@ class Bench:
     specs: tuple[SourceSpec, ...] = ()  # the monitored servers
     bounds: health.Bounds = field(default_factory=health.Bounds)  # when a node is saturated
     stopping: threading.Event = field(default_factory=threading.Event)
+    config: Any = None  # the node's Config: the pace the search set is put back after it
 
 
 class Search:
@@ -404,7 +406,17 @@ class Search:
         self._next_id = plan.first  # each probe's users are fresh ones
 
     def run(self) -> Outcome:
-        """Rise until a probe fails, then bisect; stop early when client-bound."""
+        """Rise until a probe fails, then bisect; stop early when client-bound. The pace of
+        arrivals it set (interarrival, user_rate) is put back after it."""
+        config = self.bench.config
+        paces = {name: config.get(name) for name in PACES} if config is not None else {}
+        try:
+            return self._run()
+        finally:
+            for name, value in paces.items():
+                config.set(name, value, strict=False)
+
+    def _run(self) -> Outcome:
         good: float | None = None
         bad: Result | None = None
         try:

@@ -357,7 +357,7 @@ def cmd_find_capacity(home: Home, args: argparse.Namespace) -> int:
     run = _HeadlessRun(node, args)
     bench = capacity.Bench(
         run.runner, node.call, node.read, node.sample, node.recorder, specs,
-        health.Bounds.from_config(node.config), run.ended,
+        health.Bounds.from_config(node.config), run.ended, node.config,
     )  # fmt: skip
     for signum in STOP_SIGNALS:
         signal.signal(signum, run.on_signal)

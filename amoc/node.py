@@ -243,7 +243,7 @@ class Node:
             specs = self.monitor.specs if self.monitor is not None else ()
             bench = capacity.Bench(
                 runner, self.call, self.read, self.sample, self.recorder, specs,
-                health.Bounds.from_config(self.config),
+                health.Bounds.from_config(self.config), config=self.config,
             )  # fmt: skip
             outcome = capacity.search(plan, bench, log=print)
             base = self.recorder.default_dir if self.recorder else self.home.root / "reports"

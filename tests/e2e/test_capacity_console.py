@@ -4,7 +4,9 @@ and the verdict print, the outcome's files are written, a bad plan is refused wi
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,10 @@ def test_find_capacity_from_the_console(release: Path, tmp_path: Path) -> None:
     term = Terminal(
         release,
         ["--name", f"capc{os.getpid()}", "console"],
-        {"AMOC_INTERARRIVAL": "0", "AMOC_DUMMY_WAIT": "600000", "AMOC_REPORT_DIR": str(tmp_path)},
+        {"AMOC_DUMMY_WAIT": "600000", "AMOC_REPORT_DIR": str(tmp_path)},
     )
     try:
+        term.run('amoc_config.set("interarrival", 7)')
         out = term.run(
             'amoc_local.find_capacity("dummy", "users.running <= 4", users="2:2:6", '
             'hold="1s", settle="0.2s", cooldown="0.5s", arrival=50)',
@@ -38,5 +41,25 @@ def test_find_capacity_from_the_console(release: Path, tmp_path: Path) -> None:
         out = term.run('amoc_local.find_capacity("dummy", "users.running >= 1", users="4:2:4")')
         assert "CapacityError" in out and "the plan does not rise" in out, out
         assert term.value('amoc_local.status()["state"]') in ("idle", "finished")
+        assert term.value('amoc_config.get("interarrival")') == 7  # the pace put back
     finally:
         term.leave()
+
+
+def test_a_search_by_arrival_rate_from_the_command_line(release: Path, tmp_path: Path) -> None:
+    """--rate: users arrive at so many a second (user_rate) for the ramp, settle and hold;
+    the limit is on how many run by the end of the hold (about rate x 5.2 s here)."""
+    done = subprocess.run(
+        [str(release / "bin" / "amoc"), "--name", f"rate{os.getpid()}", "find-capacity",
+         "dummy", "--rate", "20:40:100", "--ramp", "3s", "--settle", "0.2s", "--hold", "2s",
+         "--cooldown", "0.5s", "--confirm", "0", "--thresholds", "users.running <= 130",
+         "--set", "dummy_wait=600000", "--report", str(tmp_path), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    outcome = json.loads(done.stdout[: done.stdout.rindex("}") + 1])
+    loads = [s["load"] for s in outcome["steps"]]
+    assert loads[:2] == [20, 60] and outcome["held"] == 20, outcome["verdict"]
+    assert outcome["broke"]["load"] == 30 and "users.running <= 130" in outcome["verdict"]
+    assert loads == [20, 60, 40, 30] and [s["ok"] for s in outcome["steps"]] == [
+        True, False, False, False]  # fmt: skip
