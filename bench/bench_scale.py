@@ -619,7 +619,10 @@ def run(args: argparse.Namespace, plan: Plan, work: Path, holder: dict[str, Any]
         watch_s = rel.eval(master, f"exec({TIMED_WATCH!r})")
         print(f"steady window of {w1.t - w0.t:.0f} s measured", flush=True)
         # Then every user sends the rest, gets its neighbour's and leaves.
-        life = args.interval * (args.messages + 1) + 90 + ramp
+        # The last user logs in at the end of the ramp, sends from one to two intervals later
+        # and for messages - 1 intervals more, then waits for a neighbour up to an interval
+        # behind it.
+        life = args.interval * (args.messages + 2) + 60 + ramp
         deadline = t_do + life
         state = rel.eval(master, STATE_LINE)
         while state[0] != "finished" and time.monotonic() < deadline:
