@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import subprocess
 from pathlib import Path
 
@@ -59,3 +60,34 @@ def test_a_scrape_gives_the_chosen_series_and_an_absent_endpoint_no_data(tmp_pat
     assert mon.status()["prom"] == "ok"
     assert 'amoc_monitor_series{host="prom",series="process_resident_memory_bytes"}' in text
     assert 'amoc_monitor_up{host="gone"} 0' in text and 'amoc_monitor_up{host="prom"} 1' in text
+
+
+def test_promtool_finds_nothing_to_say_about_the_monitors_families() -> None:
+    """The amoc_monitor_* and amoc_node_* families beside a node's own, as /metrics has them."""
+    here = spec.parse_one({"kind": "local", "processes": [str(os.getpid())]})
+    mon = service.Monitor([here], interval=0.05)
+
+    async def main() -> None:
+        mon.start()
+        try:
+            while mon._states["localhost"].samples < 2:
+                await asyncio.sleep(0.02)
+        finally:
+            await mon.stop()
+
+    asyncio.run(main())
+    reg = Registry()
+    reg.counter("node.cpu_ms").inc(1500)
+    reg.counter("node.loop_busy_ms").inc(1600)
+    reg.histogram("node.loop_lag_ms").record(3.0)
+    reg.collect_with(mon.exposition)
+    text = render(reg)
+    done = subprocess.run(
+        ["/usr/bin/promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr + text
+    for family in ("amoc_monitor_process_cpu_seconds_total", "amoc_monitor_host_cpu_cores",
+                   "amoc_node_cpu_seconds_total", "amoc_node_loop_busy_seconds_total",
+                   "amoc_node_loop_lag_seconds"):  # fmt: skip
+        assert f"# TYPE {family} " in text, family
