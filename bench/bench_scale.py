@@ -503,17 +503,39 @@ def start_servers(plan: Plan, busy_wait: bool) -> Cluster:
     return Cluster(list(range(port, port + n)), list(range(http_port, http_port + n)), pids)
 
 
-def build_release(work: Path, given: str | None) -> Release:
-    """--release, or a release built into the work directory; keys of its own."""
+def committed_tree(work: Path) -> tuple[Path, str]:
+    """HEAD's tree in work/src (with the cached charting library) and its commit: the release
+    is then of what is committed, not of whatever the checkout holds at that moment."""
+    src = work / "src"
+    src.mkdir()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    tree = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True,
+                          check=True, timeout=60).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(src)], input=tree, check=True, timeout=60)
+    cache = ROOT / "_build" / "echarts"
+    if cache.is_dir():
+        shutil.copytree(cache, src / "_build" / "echarts")
+    return src, commit
+
+
+def build_release(work: Path, given: str | None, working_tree: bool) -> Release:
+    """--release, or a release built into the work directory (of HEAD, or of the checkout
+    with --working-tree); keys of its own."""
     keys, reports = work / "keys", work / "reports"
     if given:
         rel = Release(Path(given).resolve(), keys, reports)
     else:
+        src, what = ROOT, "the working tree"
+        if not working_tree:
+            src, commit = committed_tree(work)
+            what = f"commit {commit}"
         path = work / "amoc"
-        subprocess.run([str(ROOT / "tools" / "release.sh")],
+        subprocess.run([str(src / "tools" / "release.sh")],
                        env={**os.environ, "REL": str(path), "REPORTS": str(reports)},
                        check=True, capture_output=True, timeout=600)  # fmt: skip
         rel = Release(path, keys, reports)
+        print(f"amoc release of {what} built", flush=True)
     rel.amoc("keys", str(keys))
     return rel
 
@@ -541,13 +563,6 @@ def start_amoc(rel: Release, plan: Plan) -> tuple[int, list[int]]:
     return master, slaves
 
 
-@dataclass
-class Figures:
-    """What the table shows."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-
-
 def run(args: argparse.Namespace, plan: Plan, work: Path, holder: dict[str, Any]) -> dict[str, Any]:
     """Start everything, run the scenario, measure; the figures (`holder` keeps what was
     started, for the caller's cleanup)."""
@@ -564,7 +579,7 @@ def run(args: argparse.Namespace, plan: Plan, work: Path, holder: dict[str, Any]
     thread = holder["servers"] = threading.Thread(target=servers, daemon=True)
     thread.start()
     try:
-        rel = build_release(work, args.release)
+        rel = build_release(work, args.release, args.working_tree)
         holder["release"] = rel
         master_pid, slave_pids = start_amoc(rel, plan)
         print(f"amoc master and {plan.slaves} slaves up", flush=True)
@@ -635,6 +650,7 @@ def run(args: argparse.Namespace, plan: Plan, work: Path, holder: dict[str, Any]
         "plan": plan, "rate": args.rate, "running": running, "ramp": ramp,
         "login_rate": login_rate,
         "sessions": sampler.peak_sessions(), "idle": idle, "peak": peak,
+        "server_peak": max(s.server_rss for s in sampler.samples),
         "pss": (idle_pss, peak_pss),
         "ramp_cores": {k: cores(ramp_a, ramp_b, k)
                        for k in ("busy", "server_cpu", "slaves_cpu", "master_cpu")},
@@ -712,11 +728,13 @@ def table(f: dict[str, Any]) -> list[str]:
 
     out_b, in_b = windowed("cluster.control.bytes_out"), windowed("cluster.control.bytes_in")
     peak, idle = f["peak"], f["idle"]
+    server_peak = f["server_peak"]
     above = peak.slaves_rss - idle.slaves_rss
     sessions = max(f["sessions"], 1)
     login_p99 = (final.get("xmpp.login_time_ms") or {}).get("p99", math.nan)
     sent, received = _count(final, "xmpp.messages.sent"), _count(final, "xmpp.messages.received")
     failed, missing = _count(final, "xmpp.logins.failed"), _count(final, "xmpp.messages.missing")
+    errors = _count(final, "users.failed")
     rows = [
         ("users", f"{plan.users} over {plan.server_nodes} ejabberd nodes (one cluster) and "
                   f"{plan.slaves} amoc slave nodes + master"),
@@ -729,13 +747,13 @@ def table(f: dict[str, Any]) -> list[str]:
                                         f"({peak.slaves_rss / 2**20:.0f} MiB over {plan.slaves} "
                                         f"nodes; {_kib(above / plan.users)} above their idle RSS)"),
         ("memory per user, amoc nodes, PSS", _pss_text(f["pss"], plan.users)),
-        ("server memory per session", f"{_kib((peak.server_rss - idle.server_rss) / sessions)} "
-                                      f"above idle ({peak.server_rss / 2**20:.0f} MiB over "
+        ("server memory per session", f"{_kib((server_peak - idle.server_rss) / sessions)} "
+                                      f"above idle ({server_peak / 2**20:.0f} MiB over "
                                       f"{plan.server_nodes} nodes)"),
         ("TTD p50 / p99 / max, steady", _ttd_text(f["ttd_window"])),
         ("TTD p50 / p99 / max, whole run", _ttd_text(final.get("xmpp.ttd_ms") or {})),
         ("messages sent / received", f"{sent:.0f} / {received:.0f} (logins failed {failed:.0f}, "
-                                     f"messages missing {missing:.0f})"),
+                                     f"messages missing {missing:.0f}, users failed {errors:.0f})"),
         ("master CPU, steady", f"{100 * cores(w0, w1, 'master_cpu'):.1f}% of a core ({seconds:.0f} "
                                f"s window, {windowed('xmpp.messages.sent'):.0f} messages/s sent)"),
         ("control plane, steady", f"{out_b:.0f} B/s out, {in_b:.0f} B/s in "
@@ -763,6 +781,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=60.0, help="s of the steady window")
     p.add_argument("--timeout", type=float, default=1200.0, help="s the whole run may take")
     p.add_argument("--release", default=None, help="a built release (default: build one)")
+    p.add_argument("--working-tree", action="store_true", help="release the checkout as it is")
     p.add_argument("--source-addresses", default=None, help="xmpp_source_addresses")
     p.add_argument("--busy-wait", action="store_true", help="ejabberd's schedulers spin")
     return p
