@@ -67,7 +67,7 @@ _PROC_FAMILIES = (
      "CPU seconds a monitored process has used (user + system)"),
     ("rss", "amoc_monitor_process_resident_memory_bytes", "gauge",
      "resident memory of a monitored process"),
-    ("count", "amoc_monitor_process_count", "gauge", "processes matched by the name"),
+    ("count", "amoc_monitor_processes", "gauge", "processes matched by the name"),
 )  # fmt: skip
 _SERIES_FAMILY = Family(
     "amoc_monitor_series", "gauge",
