@@ -153,7 +153,7 @@ def test_an_unreachable_host_is_logged_once_and_has_no_data(
     assert len(lines) == 1 and "retrying with backoff" in lines[0], lines
     assert mon.status()["127.0.0.1"].startswith("no data: cannot connect")
     assert mon.status()["localhost"] == "ok"
-    assert mon._states["127.0.0.1"].failures >= 3  # retried, 0.05, 0.1, 0.2... apart
+    assert mon._states["127.0.0.1"].failures >= 2  # tried again (0.05, 0.1, 0.2... s apart)
     assert mon._states["localhost"].samples >= 8
     cols = mon.columns()
     assert math.isnan(cols["mon.127.0.0.1.cpu"]) and cols[f"mon.localhost.{os.getpid()}.rss_mb"] > 1
