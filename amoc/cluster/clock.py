@@ -10,7 +10,7 @@ notes when that heartbeat arrived, t3. As in NTP, one exchange gives
 and the true offset lies within delay / 2 of that estimate (whatever the split of the round
 trip between the two ways). Of the last `SAMPLES` exchanges the one with the shortest round
 trip is kept (NTP's clock filter): a heartbeat that queued behind other traffic says less.
-The master tells each slave its offset in every ping (`amoc.xmpp.stamp.set_offset_us`), so
+The master tells each slave its offset in every ping (`amoc.clock.set_offset_us`), so
 that its TTD stamps and receipts are in the master's time base.
 """
 

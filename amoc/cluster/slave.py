@@ -28,7 +28,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
-from amoc import __version__, coordinator, metrics, throttle
+from amoc import __version__, clock, coordinator, metrics, throttle
 from amoc import scenario as scenario_mod
 from amoc.cluster import ids as id_runs
 from amoc.cluster import keys
@@ -38,7 +38,6 @@ from amoc.cluster.wire import route_of
 from amoc.config import Config
 from amoc.errors import AmocError
 from amoc.runner import Controller
-from amoc.xmpp import stamp
 
 log = logging.getLogger("amoc.cluster.slave")
 
@@ -90,7 +89,7 @@ class SlaveLink:
         # The master's last ping: its send time (master clock) and when it came (ours).
         self._probe: tuple[float, float] | None = None
         self._m_offset = metrics.gauge("cluster.clock_offset_ms")
-        stamp.set_skew_ms(config.get("cluster_clock_skew"))
+        clock.set_skew_ms(config.get("cluster_clock_skew"))
         self._ops: dict[Op, Callable[[dict[str, Any]], None]] = {
             Op.PING: self._ping,
             Op.BATCH: self._batch,
@@ -186,7 +185,7 @@ class SlaveLink:
             "version": __version__,
             "capacity": self.capacity,
             "status": self.controller.status().to_dict(),
-            "time": stamp.local_s(),
+            "time": clock.local_s(),
         }
         if self._probe is not None:  # for the master's offset measurement
             beat["clock"] = [*self._probe, beat["time"]]
@@ -303,10 +302,10 @@ class SlaveLink:
     def _ping(self, msg: dict[str, Any]) -> None:
         sent_at = msg.get("time")
         if isinstance(sent_at, int | float):
-            self._probe = (float(sent_at), stamp.local_s())
+            self._probe = (float(sent_at), clock.local_s())
         offset = msg.get("clock_offset_us")
         if isinstance(offset, int) and not isinstance(offset, bool):
-            stamp.set_offset_us(offset)
+            clock.set_offset_us(offset)
             self._m_offset.set(offset / 1000)
         self._apply_config(msg.get("config"))
         slaves = msg.get("slaves")

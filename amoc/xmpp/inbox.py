@@ -29,13 +29,6 @@ class Message(NamedTuple):
     delayed: bool  # delivered from offline storage (carries <delay/>)
 
 
-# The node's metrics every received chat message touches, looked up once (a registry's
-# reset keeps its metric objects and zeroes them).
-_RECEIVED = metrics.counter("xmpp.messages.received")
-_DROPPED = metrics.counter("xmpp.messages.dropped")
-_TTD = metrics.histogram("xmpp.ttd_ms")
-
-
 class Inbox:
     """Receiving, shared by the slixmpp and the lean client."""
 
@@ -60,11 +53,11 @@ class Inbox:
     def _count_chat(self, sent_us: int | None, received_us: int) -> float | None:
         """Count a received chat message and record its TTD (returned, None if unstamped)."""
         self.received += 1
-        _RECEIVED.value += 1
+        metrics.counter("xmpp.messages.received").inc()
         if sent_us is None:
             return None
         ttd = stamp.ttd_ms(sent_us, received_us)
-        _TTD.record(ttd)
+        metrics.histogram("xmpp.ttd_ms").record(ttd)
         return ttd
 
     def _keep(
@@ -77,7 +70,7 @@ class Inbox:
             if inbox is None:
                 inbox = self._inbox = deque(maxlen=size)
             elif len(inbox) == inbox.maxlen:
-                _DROPPED.inc()
+                metrics.counter("xmpp.messages.dropped").inc()
             inbox.append(Message(sender, body, sent_us, ttd, delayed))
         if self._waiters:
             self._wake()

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from amoc import clock as stamp
 from amoc.cluster.clock import ClockOffset
 from amoc.cluster.registry import NodeRegistry
-from amoc.xmpp import stamp
 
 pytestmark = pytest.mark.unit
 
