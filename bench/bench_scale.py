@@ -439,9 +439,12 @@ def cores(a: Sample, b: Sample, attr: str) -> float:
 
 DO_LINE = (
     "import json, time as _t; _s = _t.monotonic(); "
-    "amoc_dist.do('xmpp_one_to_one', 1, {n}, comment='bench_scale', settings={settings!r}); "
-    "_st = amoc_dist.wait({n}, {wait}); "
-    "print(json.dumps([_t.monotonic() - _s, _st['users']['running']]))"
+    "amoc_dist.do('xmpp_one_to_one', 1, {n}, comment='bench_scale', settings={settings!r})\n"
+    # Every user started: running, or done already (a user whose login failed is done).
+    "_d = _s + {wait}; _u = status()['users']\n"
+    "while _u['running'] + _u['finished'] < {n} and _t.monotonic() < _d:\n"
+    "    _t.sleep(0.1); _u = status()['users']\n"
+    "print(json.dumps([_t.monotonic() - _s, _u['running']]))\n"
 )
 METRICS_LINE = "import json; print(json.dumps(dict(metrics.show())))"
 TTD_LINE = (
@@ -613,10 +616,8 @@ def run(args: argparse.Namespace, plan: Plan, work: Path, holder: dict[str, Any]
     ramp_limit = plan.users / args.rate * 3 + 60
     with sampler.running():
         t_do = time.monotonic()
-        ramp, running = rel.eval(
-            master, DO_LINE.format(n=plan.users, settings=settings, wait=ramp_limit),
-            timeout=ramp_limit + 60,
-        )  # fmt: skip
+        line = DO_LINE.format(n=plan.users, settings=settings, wait=ramp_limit)
+        ramp, running = rel.eval(master, f"exec({line!r})", timeout=ramp_limit + 60)
         print(f"do -> {running} of {plan.users} users running: {ramp:.1f} s", flush=True)
         login_rate, ramp_a, ramp_b = sampler.login_rate(plan.users)
         # The steady window: every user connected, the first messages flowing.
