@@ -76,7 +76,11 @@ def test_a_search_finds_the_limit(release: Path, tmp_path: Path) -> None:
         assert not outcome["client_bound"], done.stdout
         assert outcome["held"] and outcome["broke"], done.stdout
         assert "xmpp.ttd_ms.p99 < 25" in outcome["broke"]["failed"][0], done.stdout
-        assert outcome["held"] < outcome["broke"]["load"] <= outcome["held"] + 50
+        assert outcome["held"] < outcome["broke"]["load"]
+        # Bisected to the resolution, unless a step between was client-bound (the search
+        # then stops there and says so rather than report a false server limit).
+        stopped = "client-bound: the bisection stopped there" in done.stdout
+        assert stopped or outcome["broke"]["load"] <= outcome["held"] + 50, done.stdout
         steps = [s["load"] for s in outcome["steps"]]
         assert steps[0] == 100 and 400 in steps and all(s % 2 == 0 for s in steps)
         # The printed table and verdict, and the server's CPU measured on every step.
