@@ -330,7 +330,7 @@ class Router(Inbox):
         """What `_route_message` does with a stamped chat message that nobody watches (the
         lean client's shortcut, `parser.stamped_chats`, read it without a parser)."""
         received_us = stamp.now_us()
-        sent_us = int(us) or None  # stamp.decode_value's answer: `us` is 1 to 19 digits
+        sent_us = stamp.decode_value(us)
         self._keep(sender, body, sent_us, self._count_chat(sent_us, received_us), False)
 
     @staticmethod
