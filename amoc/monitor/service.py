@@ -48,6 +48,8 @@ PARAMETERS: tuple[Param, ...] = (
 # (what, family, kind, help) of the /metrics gauges, per host or per host and process.
 _HOST_FAMILIES = (
     ("up", "amoc_monitor_up", "gauge", "1 when the monitored host's last sample worked"),
+    ("sampled", "amoc_monitor_sample_timestamp_seconds", "gauge",
+     "when the figures of the monitored host were read (Unix time)"),
     ("cpu", "amoc_monitor_host_cpu_cores", "gauge",
      "busy cores of the monitored host over the last interval (1.5: one and a half)"),
     ("mem_used", "amoc_monitor_host_memory_used_bytes", "gauge",
@@ -284,7 +286,7 @@ class Monitor:
             host = (("host", label),)
             values: dict[str, float] = {"up": 1.0 if r else 0.0}
             if r is not None:
-                values.update(cpu=r.cpu, mem_used=r.mem_used, mem_total=r.mem_total,
+                values.update(sampled=r.time, cpu=r.cpu, mem_used=r.mem_used, mem_total=r.mem_total,
                               load1=r.load1, net_rx=r.net_rx, net_tx=r.net_tx)  # fmt: skip
             for what, name, kind, text in _HOST_FAMILIES:
                 if what in values and not math.isnan(values[what]):

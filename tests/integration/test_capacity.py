@@ -1,14 +1,22 @@
 """`bin/amoc find-capacity` against the managed ejabberd: a limit this machine reaches (TTD
-p99 under 25 ms while the message rate rises with the users) found by a search; the
-same search with the amoc node held to a tenth of a core (a cgroup CPU quota) says
-client-bound, not a server limit; bad plans and thresholds refused before any user starts."""
+p99 under 25 ms while the message rate rises with the users) found by a search, and a
+second search within 20% of it; the same search with the amoc node held to a tenth of a
+core (a cgroup CPU quota) says client-bound, not a server limit; bad plans and thresholds
+refused before any user starts.
+
+The searched server is held to 0.7 of a core (a cgroup CPU quota), as a server under test
+has cores of its own: on this 2-core machine an unheld ejabberd takes a core and a half at
+1300 users, and the amoc node beside it then waits for a CPU (client-bound) before the
+server's TTD breaks, which would leave nothing for the search to find."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +34,8 @@ IDS = 19_500  # every step has fresh users: the plan needs at most this many ids
 # The quota's period: a starved process waits up to 0.8 of it between its turns (400 ms:
 # its loop lag is far above any bound, not near one).
 PERIOD_US = 500_000
+SERVER_SHARE = 0.7  # of one core, the searched server's quota
+SERVER_PERIOD_US = 100_000  # held past its quota, it waits 30 ms: a TTD p99 over 25 ms
 
 
 def search(
@@ -64,23 +74,21 @@ def users() -> Iterator[XmppServer]:
         yield server
 
 
-def test_a_search_finds_the_limit(release: Path, tmp_path: Path) -> None:
-    # One search here: whether a second lands within 20% of it (issue 24) depends on the
-    # machine staying quiet between them, which a shared test machine does not promise.
+def test_a_search_finds_the_limit_and_a_second_lands_within_20_percent(
+    release: Path, tmp_path: Path
+) -> None:
     found = []
-    for n in (1,):
+    for n in (1, 2):
         with own_server(f"cap{n}_{os.getpid()}", mam=False) as fresh:
             fresh.register(FIRST, FIRST + IDS - 1)
-            done, outcome = search(release, fresh, tmp_path / str(n))
+            with cpu_group(SERVER_SHARE, SERVER_PERIOD_US) as group:
+                (group / "cgroup.procs").write_text(f"{fresh.state()['pid']}\n")
+                done, outcome = search(release, fresh, tmp_path / str(n))
         assert done.returncode == 0, (done.stdout, done.stderr)
         assert not outcome["client_bound"], done.stdout
         assert outcome["held"] and outcome["broke"], done.stdout
         assert "xmpp.ttd_ms.p99 < 25" in outcome["broke"]["failed"][0], done.stdout
-        assert outcome["held"] < outcome["broke"]["load"]
-        # Bisected to the resolution, unless a step between was client-bound (the search
-        # then stops there and says so rather than report a false server limit).
-        stopped = "client-bound: the bisection stopped there" in done.stdout
-        assert stopped or outcome["broke"]["load"] <= outcome["held"] + 50, done.stdout
+        assert outcome["held"] < outcome["broke"]["load"] <= outcome["held"] + 50, done.stdout
         steps = [s["load"] for s in outcome["steps"]]
         assert steps[0] == 100 and 400 in steps and all(s % 2 == 0 for s in steps)
         # The printed table and verdict, and the server's CPU measured on every step.
@@ -88,29 +96,41 @@ def test_a_search_finds_the_limit(release: Path, tmp_path: Path) -> None:
         assert f"capacity: {outcome['held']:g} users held; first limit:" in done.stdout
         assert all(s["figures"]["server_cpu"] > 0 for s in outcome["steps"]), outcome
         found.append(outcome["held"])
-    assert found and found[0] >= 100, found
+    print(f"capacity found: {found[0]:g} then {found[1]:g} users")
+    assert abs(found[1] - found[0]) <= 0.2 * found[0], found
+
+
+@contextmanager
+def cpu_group(share: float, period_us: int) -> Iterator[Path]:
+    """A cgroup holding what is moved into it (its `cgroup.procs`) to `share` of one core
+    (cgroup v2's cpu.max, else v1's cpu.cfs_quota_us); whatever is left in it when done
+    goes back to the root group, and the group is removed."""
+    v2 = Path("/sys/fs/cgroup/cpu.max")
+    name = f"amoc_test_{os.getpid()}_{time.monotonic_ns()}"
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists() and v2.exists():
+        group = Path("/sys/fs/cgroup") / name
+        group.mkdir()
+        (group / "cpu.max").write_text(f"{int(share * period_us)} {period_us}\n")
+    else:
+        group = Path("/sys/fs/cgroup/cpu") / name
+        assert group.parent.is_dir(), "no cgroup CPU controller: cannot limit a process"
+        group.mkdir()
+        (group / "cpu.cfs_period_us").write_text(f"{period_us}\n")
+        (group / "cpu.cfs_quota_us").write_text(f"{int(share * period_us)}\n")
+    try:
+        yield group
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                (group.parent / "cgroup.procs").write_text(f"{pid}\n")
+        group.rmdir()
 
 
 @contextmanager
 def cpu_limited(share: float) -> Iterator[list[str]]:
-    """A command prefix that runs a program with at most `share` of one core (a cgroup CPU
-    quota: cgroup v2's cpu.max, else v1's cpu.cfs_quota_us); the group is removed after."""
-    v2 = Path("/sys/fs/cgroup/cpu.max")
-    name = f"amoc_test_{os.getpid()}"
-    if Path("/sys/fs/cgroup/cgroup.controllers").exists() and v2.exists():
-        group = Path("/sys/fs/cgroup") / name
-        group.mkdir()
-        (group / "cpu.max").write_text(f"{int(share * PERIOD_US)} {PERIOD_US}\n")
-    else:
-        group = Path("/sys/fs/cgroup/cpu") / name
-        assert group.parent.is_dir(), "no cgroup CPU controller: cannot limit the amoc node"
-        group.mkdir()
-        (group / "cpu.cfs_period_us").write_text(f"{PERIOD_US}\n")
-        (group / "cpu.cfs_quota_us").write_text(f"{int(share * PERIOD_US)}\n")
-    try:
+    """A command prefix that runs a program with at most `share` of one core."""
+    with cpu_group(share, PERIOD_US) as group:
         yield ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "limited"]
-    finally:
-        group.rmdir()  # empty again: the limited program has ended
 
 
 def test_a_search_whose_amoc_node_is_starved_says_client_bound(

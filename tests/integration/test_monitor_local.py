@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -62,6 +61,18 @@ def within(ours: float, theirs: float, share: float = 0.10) -> bool:
     return abs(ours - theirs) <= share * abs(theirs)
 
 
+def at(points: list[tuple[float, ...]], when: float, gap: float = 1.5) -> tuple[float, ...]:
+    """The figures of `points` (time first, in order) at `when`, read off the line between
+    the two points around it, at most `gap` s apart, each followed by the lowest and the
+    highest of those two points; () when none are."""
+    for a, b in itertools.pairwise(points):
+        if a[0] <= when <= b[0] and b[0] - a[0] < gap:
+            f = (when - a[0]) / (b[0] - a[0])
+            return tuple(v for x, y in zip(a[1:], b[1:], strict=True)
+                         for v in (x + f * (y - x), min(x, y), max(x, y)))  # fmt: skip
+    return ()
+
+
 def test_local_monitoring_of_ejabberd_agrees_with_ps(
     release: Path, xmpp_server: XmppServer, tmp_path: Path
 ) -> None:
@@ -77,25 +88,31 @@ def test_local_monitoring_of_ejabberd_agrees_with_ps(
         "--set", f"monitor_hosts={source}", "--set", "monitor_interval=500",
         "--set", f"prometheus_port={port}",
     )  # fmt: skip
-    readings: list[dict[str, Any]] = []
+    scrapes: list[dict[str, float]] = []
+    procs: list[tuple[float, ...]] = []  # (time, CPU s, RSS, ps's whole s)
     done = threading.Event()
 
     def watch() -> None:
-        # Every 2 s while the run goes: ps, then /metrics, at the same moment.
-        while not done.wait(2.0):
+        # ps/top every 0.2 s (and the time they take), /metrics every fifth turn while the
+        # run goes: each scrape's figures against what ps read when they were sampled.
+        for turn in itertools.count():
+            if done.wait(0.2):
+                return
+            before = time.time()
+            cpu, rss, whole = ps(pid)
+            procs.append(((before + time.time()) / 2, cpu, rss, whole))
+            if turn % 5 != 4:
+                continue
             try:
                 samples = scrape(port)
             except OSError:
                 continue
-            cpu, rss, whole = ps(pid)
             which = f'{{process="{pid}"}}'
-            metric = {
+            scrapes.append({
+                "time": select(samples, 'amoc_monitor_sample_timestamp_seconds{host="localhost"}'),
                 "cpu": select(samples, "amoc_monitor_process_cpu_seconds_total" + which),
                 "rss": select(samples, "amoc_monitor_process_resident_memory_bytes" + which),
-            }
-            readings.append(
-                {"time": time.time(), "ps_cpu": cpu, "ps_rss": rss, "ps_whole": whole, **metric}
-            )
+            })  # fmt: skip
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -108,11 +125,16 @@ def test_local_monitoring_of_ejabberd_agrees_with_ps(
             child.kill()
     assert child.returncode == 0, err
     assert f"server localhost (local ({pid})): " in out and ", ok" in out, out
-    live = [r for r in readings if r["cpu"] == r["cpu"]]  # scraped while the monitor had data
-    assert len(live) >= 5, readings
+    live = []
+    for s in scrapes:
+        if s["cpu"] == s["cpu"] and (ps_at := at(procs, s["time"])):  # NaN: no data yet
+            cpu, _, _, rss, low, high, whole, _, _ = ps_at
+            live.append({**s, "ps_cpu": cpu, "ps_rss": rss, "ps_low": low, "ps_high": high,
+                         "ps_whole": whole})  # fmt: skip
+    assert len(live) >= 5, (scrapes, procs[:3])
     for r in live:
         assert within(r["cpu"], r["ps_cpu"]), r
-        assert within(r["rss"], r["ps_rss"]), r
+        assert r["ps_low"] * 0.9 <= r["rss"] <= r["ps_high"] * 1.1, r
         assert abs(r["cpu"] - r["ps_whole"]) < 1.5, r  # ps's whole seconds
     worst = {k: max(abs(r[k] / r[f"ps_{k}"] - 1) for r in live) for k in ("cpu", "rss")}
     print(f"\n/metrics against ps/top at {len(live)} moments: CPU seconds within "
@@ -127,24 +149,21 @@ def test_local_monitoring_of_ejabberd_agrees_with_ps(
         f"mon.localhost.{w}" for w in (f"{pid}.cpu_s", f"{pid}.rss_mb", f"{pid}.cpu", "t")
     )
     # The report's samples of the server, each at the moment it was taken (the run's axis).
-    series = sorted({(started + float(x[taken]), float(x[cpu_s]), float(x[rss_mb]) * 2**20)
-                     for x in rows if x[taken]})  # fmt: skip
+    series: list[tuple[float, ...]] = sorted(
+        {(started + float(x[taken]), float(x[cpu_s]), float(x[rss_mb]) * 2**20)
+         for x in rows if x[taken]}
+    )  # fmt: skip
     compared = 0
     gaps: list[tuple[float, float]] = []
-    for r in live:
-        # The report's figures at that moment: between the samples taken around it.
-        around = [(a, b) for a, b in itertools.pairwise(series)
-                  if a[0] <= r["time"] <= b[0] and b[0] - a[0] < 1.5]  # fmt: skip
-        if not around:
+    for when, cpu, rss, _whole in procs:
+        # The report's figures at the moment ps read: between the samples taken around it.
+        if not (ours := at(series, when)):
             continue
-        (ta, ca, ra), (tb, cb, rb) = around[0]
-        f = (r["time"] - ta) / (tb - ta)
         compared += 1
-        assert within(ca + f * (cb - ca), r["ps_cpu"]), (around, r)
-        assert within(ra + f * (rb - ra), r["ps_rss"]), (around, r)
-        gaps.append((abs((ca + f * (cb - ca)) / r["ps_cpu"] - 1),
-                     abs((ra + f * (rb - ra)) / r["ps_rss"] - 1)))  # fmt: skip
-    assert compared >= 3, (series[:3], live)
+        ours_cpu, _, _, ours_rss, low, high = ours
+        assert within(ours_cpu, cpu) and low * 0.9 <= rss <= high * 1.1, (ours, when, cpu, rss)
+        gaps.append((abs(ours_cpu / cpu - 1), abs(ours_rss / rss - 1)))
+    assert compared >= 20, (series[:3], procs[:3])
     print(
         f"the report against ps/top at {compared} moments: CPU seconds within "
         f"{max(g[0] for g in gaps):.1%}, RSS within {max(g[1] for g in gaps):.1%}"

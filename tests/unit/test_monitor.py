@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -177,6 +178,10 @@ def test_the_servers_go_to_metrics_with_a_host_label() -> None:
     assert "# TYPE amoc_monitor_process_cpu_seconds_total counter" in text
     assert f'amoc_monitor_process_resident_memory_bytes{{host="localhost",process="{pid}"}}' in text
     assert 'amoc_monitor_up{host="localhost"} 1' in text
+    sampled = re.search(
+        r'^amoc_monitor_sample_timestamp_seconds\{host="localhost"\} (\S+)$', text, re.M
+    )
+    assert sampled and abs(float(sampled.group(1)) - time.time()) < 30, text
     assert 'amoc_monitor_host_load1{host="localhost"}' in text
     charts = mon.charts()
     assert charts[0][0] == "Servers under test: CPU"
