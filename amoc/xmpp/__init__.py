@@ -30,8 +30,9 @@ xmpp.stanzas.sent / .timeouts / .unclaimed. Stream management (XEP-0198, lean cl
 `xmpp_stream_management`): xmpp.sm.* and xmpp.messages.lost, listed in `amoc.xmpp.sm`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from amoc.xmpp import account, mam, muc, ping, pred, pubsub, roster, stanza
-from amoc.xmpp.client import Client
 from amoc.xmpp.errors import (
     ConnectionLost,
     IqError,
@@ -47,6 +48,20 @@ from amoc.xmpp.naming import jid, password, username
 from amoc.xmpp.parser import Element
 from amoc.xmpp.session import Session, connect
 from amoc.xmpp.settings import PARAMETERS, Settings, settings
+
+if TYPE_CHECKING:
+    from amoc.xmpp.client import Client
+
+
+def __getattr__(name: str) -> Any:
+    # The slixmpp client is imported when first asked for: slixmpp (and what it imports)
+    # is 10 MiB in every process that never uses it.
+    if name == "Client":
+        from amoc.xmpp.client import Client
+
+        return Client
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PARAMETERS",

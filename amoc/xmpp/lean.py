@@ -37,7 +37,7 @@ from typing import cast
 from xml.sax.saxutils import escape, quoteattr
 
 from amoc import metrics
-from amoc.xmpp import addressing, bosh, naming, scram, sm, stamp, stanza
+from amoc.xmpp import addressing, naming, scram, sm, stamp, stanza
 from amoc.xmpp.base import ClientBase, State
 from amoc.xmpp.errors import LoginError, Reason, ReceiveTimeout, XmppError
 from amoc.xmpp.parser import STREAMS_NS, Element, StreamParser, XmlError, stamped_chats
@@ -187,6 +187,8 @@ class LeanClient(ClientBase, asyncio.Protocol):
             direct = ep.tls  # wss://
             protocol = functools.partial(WebSocketLink, self, f"{ep.host}:{ep.port}", ep.path)
         else:  # BOSH: HTTP requests, not one connection
+            from amoc.xmpp import bosh  # aiohttp: 7 MiB a process that does not use it spares
+
             self._tls = ep.tls
             self._framed = True
             await bosh.open_link(self, ep, s)

@@ -14,11 +14,11 @@ import random
 import time
 import weakref
 from collections.abc import Callable, Hashable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from xml.etree import ElementTree as ET
 
 from amoc.config import Config, amoc_config
-from amoc.xmpp import addressing, client, lean, naming
+from amoc.xmpp import addressing, lean, naming
 from amoc.xmpp.base import RETRIED
 from amoc.xmpp.errors import LoginError, NotSupported
 from amoc.xmpp.inbox import Message
@@ -27,6 +27,9 @@ from amoc.xmpp.pred import Pred
 from amoc.xmpp.router import Handler, HandlerRef
 from amoc.xmpp.settings import Settings, settings
 from amoc.xmpp.stanza import Iq
+
+if TYPE_CHECKING:
+    from amoc.xmpp import client
 
 
 class Session(Protocol):
@@ -160,6 +163,8 @@ async def connect(
             session = lean.LeanClient(user_id, where, name)
             session._register = register
         else:
+            from amoc.xmpp import client  # slixmpp, imported only by a process that uses it
+
             session = client.Client(user_id, where, name)
         try:
             await session._open(secret, last)
