@@ -66,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 from amoc.console_socket import ConsoleClient  # noqa: E402
 from amoc.home import Home  # noqa: E402
 from amoc.metrics.histogram import describe, difference  # noqa: E402
+from tools.xmpp_server import free_ports  # noqa: E402
 
 SERVER_TOOL = [sys.executable, str(ROOT / "tools" / "xmpp_server.py")]
 CLUSTER = "bench_scale"
@@ -213,25 +214,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def free_range(count: int, start: int) -> int:
-    """The first port p >= start with p..p+count-1 free on 127.0.0.1."""
-    port = start
-    while port + count < 65000:
-        if not any(_in_use(p) for p in range(port, port + count)):
-            return port
-        port += count
-    raise RuntimeError(f"no {count} free ports in a row above {start}")
-
-
-def _in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 def proc_stat(pid: int) -> tuple[float, int]:
@@ -481,8 +463,8 @@ class Cluster:
 
 def start_servers(plan: Plan, busy_wait: bool) -> Cluster:
     """Start the ejabberd cluster and register the users (on the first node, before joining)."""
-    port = free_range(plan.server_nodes, 25222)
-    http_port = free_range(plan.server_nodes, port + plan.server_nodes + 100)
+    port = free_ports(plan.server_nodes, 25222)
+    http_port = free_ports(plan.server_nodes, port + plan.server_nodes + 100)
     # No MAM, no offline storage: neither is what this measures, and in a mnesia cluster
     # offline storage costs every user's first presence a transaction over all the nodes
     # (at 400 logins/s on 6 nodes mnesia's queue grew to 125 000 and presences came back

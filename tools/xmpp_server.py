@@ -228,6 +228,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, start: int = 20000) -> int:
+    """The first port p >= start with p..p+count-1 all free on 127.0.0.1 now (a cluster's
+    c2s or HTTP ports, which `start --nodes N` counts up from --port and --http-port)."""
+    port = start
+    while port + count <= 65000:
+        if all(_bindable(p) for p in range(port, port + count)):
+            return port
+        port += count
+    raise ServerError(f"no {count} free ports in a row on 127.0.0.1 above {start}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def port_open(host: str, port: int) -> bool:
     """Whether something accepts TCP connections on host:port."""
     try:

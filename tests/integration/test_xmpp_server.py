@@ -28,6 +28,7 @@ from tests.integration.xmpp_fixture import (  # noqa: F401 - fixtures
     prosody_server,
 )
 from tests.net import free_port
+from tools.xmpp_server import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -406,24 +407,6 @@ def test_prosody_without_tls_takes_plain_logins_and_keeps_plain_passwords() -> N
 # -- an ejabberd cluster ----------------------------------------------------------------------
 
 
-def _free_pair() -> int:
-    """A port p with p and p + 1 free on 127.0.0.1."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65000 and _bindable(port + 1):
-            return port
-    raise RuntimeError("no two free ports in a row")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _tool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(TOOL), *args], capture_output=True, text=True, timeout=timeout,
@@ -442,7 +425,8 @@ def test_an_ejabberd_cluster_of_two_nodes_chats_across_them() -> None:
     """`start --nodes 2`: two ejabberd nodes joined by ejabberdctl into one cluster, users
     registered before the join log in on either node, and messages cross between them."""
     name = f"pytest_cluster{free_port()}"
-    port, http_port = _free_pair(), _free_pair()
+    port = free_ports(2)
+    http_port = free_ports(2, port + 2)
     refused = _tool("start", "--name", name, "--nodes", "2", "--kind", "prosody")
     assert refused.returncode == 1 and "only ejabberd clusters" in refused.stderr
     try:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,20 @@ def page_data(index: Path) -> dict[str, Any]:
     found = re.search(r'id="amoc-data">(.*?)</script>', index.read_text(), re.S)
     assert found, "no data in the page"
     return dict(json.loads(found.group(1)))
+
+
+@contextlib.asynccontextmanager
+async def recording(rec: Recorder) -> AsyncIterator[None]:
+    """`rec` started, a run of scenario "s" (10 users) annotated around the body, and the
+    recorder stopped after it (its report written) with the registry emptied."""
+    rec.start()
+    try:
+        metrics.annotate("scenario_start", tags={"scenario": "s", "users": 10})
+        yield
+        metrics.annotate("scenario_stop", tags={"scenario": "s"})
+    finally:
+        await rec.stop()
+        metrics.REGISTRY.reset()
 
 
 class Cluster:
@@ -62,9 +78,7 @@ async def test_a_clusters_report_has_a_line_per_node_and_the_load_markers(
     monkeypatch.setattr(echarts, "script", lambda: b"window.fake_echarts = 1;")
     cluster = Cluster()
     rec = Recorder(cluster.sample, config, Path("/nonexistent"), "m", interval=3600)
-    rec.start()
-    try:
-        metrics.annotate("scenario_start", tags={"scenario": "s", "users": 10})
+    async with recording(rec):
         for step in range(1, 4):
             cluster.time += 1
             cluster.sent = {n: step * (10 if n == NODES[0] else 20) for n in NODES}
@@ -74,10 +88,6 @@ async def test_a_clusters_report_has_a_line_per_node_and_the_load_markers(
             rec._take()
         await events.marked(_answer(), events.REMOVED, count=2, force=True)
         rec._take()
-        metrics.annotate("scenario_stop", tags={"scenario": "s"})
-    finally:
-        await rec.stop()
-        metrics.REGISTRY.reset()
     assert rec.last_report is not None
     data = page_data(rec.last_report)
     rates = next(c for c in data["charts"] if c["title"] == "Rates")

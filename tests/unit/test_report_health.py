@@ -18,7 +18,7 @@ from amoc.monitor import procfs, service, spec
 from amoc.report import echarts
 from amoc.report import recorder as recorder_mod
 from amoc.report.recorder import Recorder
-from tests.unit.test_report_charts import page_data
+from tests.unit.test_report_charts import page_data, recording
 
 pytestmark = pytest.mark.unit
 
@@ -71,16 +71,10 @@ async def test_a_saturated_node_and_the_servers_are_in_the_report(
     config.set("report_dir", str(tmp_path))
     nodes = Nodes()
     rec = Recorder(nodes.sample, config, tmp_path, "m", interval=3600, monitor=_monitor())
-    rec.start()
-    try:
-        metrics.annotate("scenario_start", tags={"scenario": "s", "users": 10})
+    async with recording(rec):
         for _ in range(5):
             nodes.step()
             rec._take()
-        metrics.annotate("scenario_stop", tags={"scenario": "s"})
-    finally:
-        await rec.stop()
-        metrics.REGISTRY.reset()
     assert rec.last_report is not None
     summary = json.loads((rec.last_report.parent / "summary.json").read_text())
     assert summary["client_bound"] == (

@@ -4,7 +4,6 @@ shared cookie). The cluster itself runs in tests/integration/test_xmpp_server.py
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from types import ModuleType
 
@@ -20,32 +19,12 @@ def tool() -> ModuleType:
     return load_file(ROOT / "tools" / "xmpp_server.py", "xmpp_server_tool")
 
 
-def _free_run(count: int) -> int:
-    """A port p with p..p+count-1 free on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        base = int(sock.getsockname()[1]) // 100 * 100
-    for port in range(max(base, 20000), 64000, count):
-        if all(_bindable(p) for p in range(port, port + count)):
-            return port
-    raise RuntimeError("no free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _args(tool: ModuleType, tmp_path: Path, *extra: str) -> object:
     return tool.parser().parse_args(["start", "--name", "c", "--dir", str(tmp_path), *extra])
 
 
 def test_a_cluster_is_nodes_on_ports_counted_up(tool: ModuleType, tmp_path: Path) -> None:
-    port = _free_run(6)
+    port = tool.free_ports(6)
     http = port + 3
     nodes = tool.cluster_nodes(_args(tool, tmp_path, "--nodes", "3", "--port", str(port),
                                      "--http-port", str(http), "--no-mam"))  # fmt: skip
