@@ -18,7 +18,8 @@ help:
 	@echo "make bench-tsung  Tsung, the floor and amoc, CPU per message (installs Tsung; about 20 min)"
 
 # System packages the tests, the demo and the benchmarks use (Debian).
-DEBS := ejabberd prosody graphite-carbon tmux chromium openssh-server prometheus
+DEBS := ejabberd prosody graphite-carbon tmux chromium openssh-server prometheus \
+        prometheus-node-exporter
 deps:
 	tools/deps.sh $(DEBS)
 

@@ -525,20 +525,22 @@ class Controller:
             (user.id, self._state_value) if loaded.start_takes_state else (user.id,)
         )
         start = loaded.start
-        is_async = loaded.is_async
+        bare = loaded.bare_start  # guarded below as scenario_mod.contained guards `start`
         loop = asyncio.get_running_loop()
         finished = False
         try:
             while not user.stopping:
                 user.in_start = True
                 try:
-                    if is_async:
-                        await start(*args)
+                    if bare is not None:
+                        await bare(*args)
                     else:
                         await loop.run_in_executor(self._executor, functools.partial(start, *args))
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, GeneratorExit):
                     raise
-                except Exception as exc:
+                except BaseException as raised:  # SystemExit too: the node stays up
+                    exc = (raised if isinstance(raised, Exception)
+                           else scenario_mod.crash(loaded.name, "start", raised))  # fmt: skip
                     user.errors += 1
                     self._counts["failed_runs"] += 1
                     self._m_failed.inc()

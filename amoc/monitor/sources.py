@@ -217,13 +217,15 @@ def select(samples: list[tuple[str, dict[str, str], float]], selector: str) -> f
 def _node_exporter(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, float]:
     """The host figures node_exporter gives, cumulative where it counts."""
     busy = total = 0.0
-    cores = set()
+    cores: dict[str, list[float]] = {}  # per cpu label: [busy, total] seconds
     for name, labels, value in samples:
         if name == "node_cpu_seconds_total":
             total += value
-            cores.add(labels.get("cpu"))
+            core = cores.setdefault(labels.get("cpu", ""), [0.0, 0.0])
+            core[1] += value
             if labels.get("mode") not in ("idle", "iowait"):
                 busy += value
+                core[0] += value
     rx = sum(
         v for n, ls, v in samples
         if n == "node_network_receive_bytes_total" and ls.get("device") != "lo"
@@ -232,7 +234,11 @@ def _node_exporter(samples: list[tuple[str, dict[str, str], float]]) -> dict[str
         v for n, ls, v in samples
         if n == "node_network_transmit_bytes_total" and ls.get("device") != "lo"
     )  # fmt: skip
+    per_core: dict[str, float] = {}  # core0.busy, core0.total, ... in the cpu labels' order
+    for k, label in enumerate(sorted(cores, key=lambda c: (len(c), c))):
+        per_core[f"core{k}.busy"], per_core[f"core{k}.total"] = cores[label]
     return {
+        **per_core,
         "busy": busy, "total": total, "cores": float(len(cores)), "rx": rx, "tx": tx,
         "load1": select(samples, "node_load1"),
         "mem_total": select(samples, "node_memory_MemTotal_bytes"),
@@ -283,10 +289,17 @@ class PrometheusSource:
         nan = math.nan
         seconds = now - last[0] if last else 0.0
         cpu = rx_s = tx_s = nan
+        cores: tuple[float, ...] = ()
         if last and seconds > 0:
             old = last[1]
             if host["total"] > old["total"]:
                 cpu = (host["busy"] - old["busy"]) / (host["total"] - old["total"]) * host["cores"]
+                shares = []
+                for k in range(int(host["cores"])):
+                    busy, total = f"core{k}.busy", f"core{k}.total"
+                    spent = host[total] - old.get(total, host[total])
+                    shares.append((host[busy] - old.get(busy, 0.0)) / spent if spent > 0 else 0.0)
+                cores = tuple(shares)
             rx_s = max(0.0, host["rx"] - old["rx"]) / seconds
             tx_s = max(0.0, host["tx"] - old["tx"]) / seconds
         series = {}
@@ -298,7 +311,7 @@ class PrometheusSource:
                 series[name] = value
         used = host["mem_total"] - host["mem_available"]
         return procfs.Reading(
-            now, cpu, (), used, host["mem_total"], host["load1"], rx_s, tx_s,
+            now, cpu, cores, used, host["mem_total"], host["load1"], rx_s, tx_s,
             host["rx"], host["tx"], {}, series,
         )  # fmt: skip
 

@@ -226,6 +226,7 @@ def test_a_node_exporter_scrape_gives_the_hosts_figures() -> None:
     r = reading(12.0, scrape(idle0=101, user0=102, idle1=150.5, sys1=51.5, rx=5096))
     # cpu0: 2 busy of 3 s, cpu1: 1.5 of 2 s: 3.5 busy of 5 over two cores.
     assert r.cpu == pytest.approx(3.5 / 5 * 2)
+    assert r.cores == pytest.approx((2 / 3, 1.5 / 2))  # each core's busy share
     assert (r.mem_total, r.mem_used, r.load1) == (8e9, 2e9, 0.75)
     assert r.net_rx_s == pytest.approx(2048)  # eth0 only, not lo
     assert r.series["process_resident_memory_bytes"] == 1.5e7

@@ -52,11 +52,19 @@ async def test_cancellation_still_reaches_a_contained_start() -> None:
         await task
 
 
-async def test_users_that_exit_count_as_failed_runs(tmp_path: Path) -> None:
-    (tmp_path / "exits.py").write_text(
-        "def start(user_id):\n    raise SystemExit(2)\n"  # a worker thread's SystemExit
-        "async def _unused():\n    pass\n"
-    )
+@pytest.mark.parametrize(
+    "start",
+    [
+        "def start(user_id):\n    raise SystemExit(2)\n",  # a worker thread's SystemExit
+        # in the loop: the runner awaits the module's own start and guards it itself
+        "async def start(user_id):\n    raise SystemExit(2)\n",
+        "async def start(user_id):\n    raise KeyboardInterrupt\n",
+    ],
+)
+async def test_users_that_exit_count_as_failed_runs(
+    tmp_path: Path, start: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "exits.py").write_text(start + "async def _unused():\n    pass\n")
     config = Config(environ={})
     config.set("interarrival", 0)
     config.set("repeat_interval", 0)
@@ -69,6 +77,8 @@ async def test_users_that_exit_count_as_failed_runs(tmp_path: Path) -> None:
         final = await controller.stop()
         await controller.close()
     assert final.users.failed_runs == 6
+    raised = "SystemExit(2)" if "SystemExit" in start else "KeyboardInterrupt"
+    assert f"scenario 'exits': start raised {raised}" in caplog.text, caplog.text
 
 
 async def test_the_check_runs_in_a_child_with_a_time_limit(tmp_path: Path) -> None:
