@@ -519,8 +519,13 @@ def ejabberd_launch(inst: Instance) -> Launch:
     # (and ejabberdctl finds them) through the cluster's own epmd on 127.0.0.1.
     dist = ["-erl_epmd_port", str(inst.dist_port)]
     if inst.epmd_port:
+        # A node of a cluster that shares its cores with the load (a load test on one
+        # machine) can miss its net ticks for a minute: its peers would take it for dead
+        # and split the cluster ('global' disconnects to prevent overlapping partitions,
+        # mnesia partitions). An overloaded cluster must slow down, not fall apart.
         dist = ["-kernel", "inet_dist_listen_min", str(inst.dist_port),
-                "inet_dist_listen_max", str(inst.dist_port)]  # fmt: skip
+                "inet_dist_listen_max", str(inst.dist_port),
+                *CLUSTER_KERNEL]  # fmt: skip
     argv = [
         ERL, "-name", erlang_node(inst), "-setcookie", cookie, "-noinput", "-noshell",
         "+K", "true", "+P", "2000000", "+Q", str(OPEN_FILES),
@@ -1054,6 +1059,8 @@ EPMD = "/usr/bin/epmd"
 CTL_TIMEOUT = 180.0
 NEEDS_ROOT = "an ejabberd cluster needs root (its nodes and ejabberdctl run as ejabberd)"
 
+CLUSTER_KERNEL = ("-kernel", "net_ticktime", "600", "prevent_overlapping_partitions", "false")
+
 EJABBERDCTL_CFG = """\
 # Written by tools/xmpp_server.py: ejabberdctl for node {node} of cluster {cluster}.
 ERLANG_NODE={node}
@@ -1061,7 +1068,7 @@ INET_DIST_INTERFACE=127.0.0.1
 ERL_EPMD_ADDRESS=127.0.0.1
 export ERL_EPMD_PORT={epmd_port}
 EJABBERD_CONFIG_PATH={config}
-ERL_OPTIONS="-setcookie {cookie}"
+ERL_OPTIONS="-setcookie {cookie} -kernel net_ticktime 600"
 EJABBERD_BYPASS_WARNINGS=true
 """
 

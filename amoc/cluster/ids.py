@@ -39,10 +39,19 @@ def to_runs(ids: Iterable[int]) -> Runs:
 
 def from_runs(runs: Any) -> list[int]:
     """The ids of `runs` (ascending), or ProtocolError naming what is wrong."""
+    out: list[int] = []
+    for first, step, count in checked(runs):
+        out.extend(range(first, first + step * count, step))
+    out.sort()
+    return out
+
+
+def checked(runs: Any) -> Runs:
+    """`runs` if they are [first, step, count] runs of at most MAX_IDS ids in all, or
+    ProtocolError naming what is wrong; in time of the runs, not of the ids."""
     if not isinstance(runs, list):
         raise ProtocolError("ids must be a list of [first, step, count] runs")
     total = 0
-    out: list[int] = []
     for run in runs:
         if (
             not isinstance(run, list)
@@ -56,6 +65,4 @@ def from_runs(runs: Any) -> list[int]:
         total += count
         if total > MAX_IDS:
             raise ProtocolError(f"more than {MAX_IDS} ids in one message")
-        out.extend(range(first, first + step * count, step))
-    out.sort()
-    return out
+    return runs

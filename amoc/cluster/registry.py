@@ -34,8 +34,14 @@ class Report:
     """What a slave says of the run it carries."""
 
     meta: RunMeta | None = None
-    ids: list[int] = field(default_factory=list)
+    runs: id_runs.Runs = field(default_factory=list)  # checked; expanded only when asked
     version: int = 0
+
+    @property
+    def ids(self) -> list[int]:
+        """The ids the slave carries, ascending (a heartbeat's runs are not expanded on
+        arrival: at 100 000 users that would be every id of the cluster each second)."""
+        return id_runs.from_runs(self.runs)
 
 
 @dataclass
@@ -241,4 +247,4 @@ def _report(msg: dict[str, Any]) -> Report:
     version = msg.get("run_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise ProtocolError("heartbeat: run_version must be an integer")
-    return Report(meta, id_runs.from_runs(msg.get("ids")), version)
+    return Report(meta, id_runs.checked(msg.get("ids")), version)

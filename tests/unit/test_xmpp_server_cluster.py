@@ -68,9 +68,13 @@ def test_a_cluster_node_finds_the_others_through_the_clusters_epmd(
     assert launch.argv[launch.argv.index("inet_dist_listen_min") + 1] == "4371"
     assert launch.argv[launch.argv.index("-setcookie") + 1] == "sesame"
     assert launch.argv[launch.argv.index("-name") + 1] == "amoc_c2@127.0.0.1"
+    # A starved node is slow, not dead: no split of the cluster after a minute of no ticks.
+    assert launch.argv[launch.argv.index("net_ticktime") + 1] == "600"
+    assert launch.argv[launch.argv.index("prevent_overlapping_partitions") + 1] == "false"
+    assert "net_ticktime" not in argv  # one server alone has no peers
     cfg = (node.path / "ctl" / "ejabberdctl.cfg").read_text()
     assert "ERLANG_NODE=amoc_c2@127.0.0.1\n" in cfg and "export ERL_EPMD_PORT=4400\n" in cfg
-    assert 'ERL_OPTIONS="-setcookie sesame"' in cfg
+    assert 'ERL_OPTIONS="-setcookie sesame -kernel net_ticktime 600"' in cfg
     assert (node.path / "ctl" / "inetrc").read_text() == "{lookup, [file, native]}.\n"
 
 
