@@ -608,6 +608,7 @@ def run(args: argparse.Namespace, plan: Plan, work: Path, holder: dict[str, Any]
         _sleep_until(start_w)
         m0, h0, w0 = rel.eval(master, METRICS_LINE), rel.eval(master, TTD_LINE), sampler.take()
         peak_pss = sampler.slaves.pss()
+        held = int(rel.eval(master, STATE_LINE)[1])  # the users the memory figures are of
         _sleep_until(start_w + args.window)
         m1, h1, w1 = rel.eval(master, METRICS_LINE), rel.eval(master, TTD_LINE), sampler.take()
         if w1.t - t_do > args.interval * args.messages:
@@ -634,7 +635,7 @@ def run(args: argparse.Namespace, plan: Plan, work: Path, holder: dict[str, Any]
         "login_rate": login_rate,
         "sessions": sampler.peak_sessions(), "idle": idle, "peak": peak,
         "server_peak": max(s.server_rss for s in sampler.samples),
-        "pss": (idle_pss, peak_pss),
+        "pss": (idle_pss, peak_pss), "held": held,
         "ramp_cores": {k: cores(ramp_a, ramp_b, k)
                        for k in ("busy", "server_cpu", "slaves_cpu", "master_cpu")},
         "window": (w0, w1, m0, m1), "ttd_window": _ttd(h1, h0), "status_s": status_s,
@@ -713,6 +714,7 @@ def table(f: dict[str, Any]) -> list[str]:
     peak, idle = f["peak"], f["idle"]
     server_peak = f["server_peak"]
     above = peak.slaves_rss - idle.slaves_rss
+    held = max(1, f.get("held") or plan.users)
     sessions = max(f["sessions"], 1)
     login_p99 = (final.get("xmpp.login_time_ms") or {}).get("p99", math.nan)
     sent, received = _count(final, "xmpp.messages.sent"), _count(final, "xmpp.messages.received")
@@ -726,10 +728,12 @@ def table(f: dict[str, Any]) -> list[str]:
         ("logins/s over the ramp", f"{f['login_rate']:.0f} (ejabberd's sessions from 10% to 90%; "
                                    f"asked {f['rate']:.0f}/s; login p99 {login_p99:.0f} ms)"),
         ("ramp limited by", limited_by(f["rate"], f["login_rate"], f["ramp_cores"])),
-        ("memory per user, amoc nodes", f"{_kib(peak.slaves_rss / plan.users)} "
+        # Per user running when the steady window began (all of them in a clean run).
+        ("memory per user, amoc nodes", f"{_kib(peak.slaves_rss / held)} "
                                         f"({peak.slaves_rss / 2**20:.0f} MiB over {plan.slaves} "
-                                        f"nodes; {_kib(above / plan.users)} above their idle RSS)"),
-        ("memory per user, amoc nodes, PSS", _pss_text(f["pss"], plan.users)),
+                                        f"nodes, {held} users running; {_kib(above / held)} "
+                                        "above their idle RSS)"),
+        ("memory per user, amoc nodes, PSS", _pss_text(f["pss"], held)),
         ("server memory per session", f"{_kib((server_peak - idle.server_rss) / sessions)} "
                                       f"above idle ({server_peak / 2**20:.0f} MiB over "
                                       f"{plan.server_nodes} nodes)"),
