@@ -118,8 +118,9 @@ def test_a_skewed_slave_is_measured_and_its_ttds_are_corrected(
     assert shown.get("clock.off", 0) == 0, shown
     assert shown["clock.ttd_error_ms"]["max"] < 5, shown["clock.ttd_error_ms"]
     assert shown["users.failed"] == 0, shown
-    # Uncorrected, half the TTDs would be 200 ms longer and half 200 ms shorter.
-    assert shown["xmpp.ttd_ms"]["max"] < SKEW_MS / 2, shown["xmpp.ttd_ms"]
+    # Uncorrected, half the TTDs would be 200 ms longer (p90 over 200 ms) and half 200 ms
+    # shorter; the max is not held to it: on a loaded machine a message can take 100 ms.
+    assert shown["xmpp.ttd_ms"]["p90"] < SKEW_MS / 2, shown["xmpp.ttd_ms"]
     warned = [ln for ln in cluster_log(cluster).splitlines() if "cluster_clock_warn" in ln]
     assert len(warned) == 1 and cluster.node(2) in warned[0], warned
 
