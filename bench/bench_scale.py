@@ -48,7 +48,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,7 +65,7 @@ sys.path.insert(0, str(ROOT))
 from amoc.console_socket import ConsoleClient  # noqa: E402
 from amoc.home import Home  # noqa: E402
 from amoc.metrics.histogram import describe, difference  # noqa: E402
-from tools.xmpp_server import free_ports  # noqa: E402
+from tools.xmpp_server import free_port, free_ports  # noqa: E402
 
 SERVER_TOOL = [sys.executable, str(ROOT / "tools" / "xmpp_server.py")]
 CLUSTER = "bench_scale"
@@ -208,12 +207,6 @@ def refuse(plan: Plan, problems: list[tuple[str, int]], best: Plan) -> int:
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def proc_stat(pid: int) -> tuple[float, int]:

@@ -1059,7 +1059,9 @@ EPMD = "/usr/bin/epmd"
 CTL_TIMEOUT = 180.0
 NEEDS_ROOT = "an ejabberd cluster needs root (its nodes and ejabberdctl run as ejabberd)"
 
-CLUSTER_KERNEL = ("-kernel", "net_ticktime", "600", "prevent_overlapping_partitions", "false")
+NET_TICKTIME_S = 600  # a cluster node's, and ejabberdctl's towards it
+CLUSTER_KERNEL = ("-kernel", "net_ticktime", str(NET_TICKTIME_S),
+                  "prevent_overlapping_partitions", "false")  # fmt: skip
 
 EJABBERDCTL_CFG = """\
 # Written by tools/xmpp_server.py: ejabberdctl for node {node} of cluster {cluster}.
@@ -1068,7 +1070,7 @@ INET_DIST_INTERFACE=127.0.0.1
 ERL_EPMD_ADDRESS=127.0.0.1
 export ERL_EPMD_PORT={epmd_port}
 EJABBERD_CONFIG_PATH={config}
-ERL_OPTIONS="-setcookie {cookie} -kernel net_ticktime 600"
+ERL_OPTIONS="-setcookie {cookie} -kernel net_ticktime {ticktime}"
 EJABBERD_BYPASS_WARNINGS=true
 """
 
@@ -1125,6 +1127,7 @@ def write_ctl_config(inst: Instance, cookie: str) -> None:
             epmd_port=inst.epmd_port,
             config=inst.path / "ejabberd.yml",
             cookie=cookie,
+            ticktime=NET_TICKTIME_S,
         )
     )
     (ctl / "inetrc").write_text("{lookup, [file, native]}.\n")
