@@ -65,7 +65,13 @@ sys.path.insert(0, str(ROOT))
 from amoc.console_socket import ConsoleClient  # noqa: E402
 from amoc.home import Home  # noqa: E402
 from amoc.metrics.histogram import describe, difference  # noqa: E402
-from tools.xmpp_server import free_port, free_ports  # noqa: E402
+from tools.xmpp_server import (  # noqa: E402
+    SESSIONS_BODY,
+    SESSIONS_COMMAND,
+    free_port,
+    free_ports,
+    session_count,
+)
 
 SERVER_TOOL = [sys.executable, str(ROOT / "tools" / "xmpp_server.py")]
 CLUSTER = "bench_scale"
@@ -331,9 +337,9 @@ def sessions(http_port: int) -> int:
     """Sessions over the whole ejabberd cluster (mod_http_api on one node)."""
     conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
     try:
-        conn.request("POST", "/api/connected_users_number", b"{}",
+        conn.request("POST", f"/api/{SESSIONS_COMMAND}", json.dumps(SESSIONS_BODY),
                      {"Content-Type": "application/json"})  # fmt: skip
-        return int(json.loads(conn.getresponse().read())["num_sessions"])
+        return session_count(json.loads(conn.getresponse().read()))
     finally:
         conn.close()
 

@@ -452,9 +452,13 @@ def test_an_ejabberd_cluster_of_two_nodes_chats_across_them() -> None:
                 one.send_chat(2)
                 two.send_chat(1)
                 five.send_chat(1)
-                return [await two.wait_message(timeout_ms=5000),
-                        await one.wait_message(timeout_ms=5000),
-                        await one.wait_message(timeout_ms=5000)]  # fmt: skip
+                got = [await two.wait_message(timeout_ms=5000),
+                       await one.wait_message(timeout_ms=5000),
+                       await one.wait_message(timeout_ms=5000)]  # fmt: skip
+                # The session count is the cluster's, whichever node is asked.
+                shown = _tool("status", "--name", name).stdout
+                assert shown.count("; 3 sessions;") == 2, shown
+                return got
             finally:
                 for c in (one, two, five):
                     await c.stop()
