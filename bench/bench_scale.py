@@ -3,7 +3,7 @@
     make bench-scale                     # 100 000 users, about 16 minutes
     make bench-scale BENCH_SCALE_USERS=2000 BENCH_SCALE_OPTS="--interval 10 --window 10"
     .venv/bin/python bench/bench_scale.py [--users 100000] [--server-nodes N] [--slaves N]
-        [--rate 400] [--interval 100] [--messages 4] [--window 60] [--timeout 1200]
+        [--rate 200] [--interval 100] [--messages 6] [--window 60] [--timeout 2100]
         [--release DIR] [--source-addresses 127.0.0.2/31] [--busy-wait] [--keep]
 
 What it starts, all on loopback, and stops (by pid) and removes at the end:
@@ -760,12 +760,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=100_000)
     p.add_argument("--server-nodes", type=int, default=0, help="ejabberd nodes (0: enough)")
     p.add_argument("--slaves", type=int, default=0, help="amoc slave nodes (0: enough)")
-    p.add_argument("--rate", type=float, default=400.0, help="users arriving per second")
+    p.add_argument("--rate", type=float, default=200.0, help="users arriving per second")
     p.add_argument("--interval", type=float, default=100.0, help="s between a user's messages")
-    p.add_argument("--messages", type=int, default=4, help="messages per user")
+    p.add_argument("--messages", type=int, default=6, help="messages per user")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     p.add_argument("--window", type=float, default=60.0, help="s of the steady window")
-    p.add_argument("--timeout", type=float, default=1200.0, help="s the whole run may take")
+    p.add_argument("--timeout", type=float, default=2100.0, help="s the whole run may take")
     p.add_argument("--release", default=None, help="a built release (default: build one)")
     p.add_argument("--working-tree", action="store_true", help="release the checkout as it is")
     p.add_argument("--source-addresses", default=None, help="xmpp_source_addresses")
