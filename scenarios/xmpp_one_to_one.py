@@ -4,8 +4,9 @@ Each run of a user: log in, send presence (and wait for its echo), send `message
 chat messages to its neighbour, one every `message_interval` ms (the first one between one
 and two intervals after the presence, at a random point, so that users who logged in
 together do not send in lockstep; `message_arrival` spaces them evenly, as a Poisson
-process or in bursts: see amoc.pacing), then wait (at most
-`receive_timeout` ms) until everything the neighbour has sent so far has arrived, and log out.
+process or in bursts: see amoc.pacing), then wait until everything the neighbour has sent
+so far has arrived (at most `receive_timeout` ms after the neighbour's last message is due
+at the latest: its schedule may begin up to an interval after this user's), and log out.
 
 Neighbours are pairs: 1 <-> 2, 3 <-> 4, ... (odd n talks with n + 1, even n with n - 1).
 Run an even number of users starting at an odd id and every message sent is received:
@@ -13,8 +14,8 @@ messages to a neighbour that is not online yet are kept by the server (mod_offli
 delivered when it sends presence, and nobody logs out before it has received all of its
 neighbour's messages. The count is cumulative over repeats (run k of a user expects
 k * messages_per_user from its neighbour), so overlapping repeats lose nothing either.
-A user whose neighbour never comes (odd count) gives up after `receive_timeout` and counts
-`one_to_one.incomplete`; so does any user that does not get everything in time.
+A user whose neighbour never comes (odd count) gives up `receive_timeout` after that and
+counts `one_to_one.incomplete`; so does any user that does not get everything in time.
 
 Messages stamped more than `STALE_MARGIN_S` before this node's `init` were left in offline
 storage by an earlier, interrupted run: they count as `one_to_one.stale`, not as received
@@ -66,7 +67,7 @@ PARAMETERS = [
     param(
         "receive_timeout",
         30_000,
-        "ms a user waits, after its last send, for its neighbour's messages",
+        "ms a user waits for its neighbour's messages after the last is due at the latest",
         non_negative_ms,
     ),
 ]
@@ -132,7 +133,12 @@ async def start(user_id: int, progress: Progress) -> None:
         )
         absorb(client.take_messages())
         expected = run * count
-        deadline = loop.time() + amoc_config.get("receive_timeout") / 1000.0
+        # The neighbour's schedule may begin up to an interval after this one (its random
+        # phase), and a poisson process ends by the span's end: its last message may come
+        # that much after this user's. Counted from its latest time, not from our last send
+        # (which lost every neighbour's last message more than receive_timeout behind).
+        latest = began + interval * (count + 2) + amoc_config.get("message_burst") / 1000.0
+        deadline = max(loop.time(), latest) + amoc_config.get("receive_timeout") / 1000.0
         try:
             while progress.received.get(user_id, 0) < expected:
                 remaining_ms = max(0.0, deadline - loop.time()) * 1000.0
