@@ -65,13 +65,7 @@ sys.path.insert(0, str(ROOT))
 from amoc.console_socket import ConsoleClient  # noqa: E402
 from amoc.home import Home  # noqa: E402
 from amoc.metrics.histogram import describe, difference  # noqa: E402
-from tools.xmpp_server import (  # noqa: E402
-    SESSIONS_BODY,
-    SESSIONS_COMMAND,
-    free_port,
-    free_ports,
-    session_count,
-)
+from tools.xmpp_server import ServerError, free_port, free_ports, session_count  # noqa: E402
 
 SERVER_TOOL = [sys.executable, str(ROOT / "tools" / "xmpp_server.py")]
 CLUSTER = "bench_scale"
@@ -337,9 +331,7 @@ def sessions(http_port: int) -> int:
     """Sessions over the whole ejabberd cluster (mod_http_api on one node)."""
     conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
     try:
-        conn.request("POST", f"/api/{SESSIONS_COMMAND}", json.dumps(SESSIONS_BODY),
-                     {"Content-Type": "application/json"})  # fmt: skip
-        return session_count(json.loads(conn.getresponse().read()))
+        return session_count(conn)
     finally:
         conn.close()
 
@@ -373,7 +365,7 @@ class Sampler:
     def take(self) -> Sample:
         try:
             count = sessions(self.http_port)
-        except (OSError, ValueError, KeyError, http.client.HTTPException):
+        except (OSError, ValueError, ServerError, http.client.HTTPException):
             count = -1
         s = Sample(time.monotonic(), machine_busy(), self.servers.cpu(), self.slaves.cpu(),
                    self.master.cpu(), self.servers.rss(), self.slaves.rss(), count)  # fmt: skip

@@ -76,7 +76,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.xmpp_server import SESSIONS_BODY, SESSIONS_COMMAND, session_count  # noqa: E402
+from tools.xmpp_server import ServerError, session_count  # noqa: E402
 
 SERVER = [sys.executable, str(ROOT / "tools" / "xmpp_server.py")]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -157,9 +157,8 @@ class Api:
     def online(self) -> int:
         for _attempt in range(2):
             try:
-                self.conn.request("POST", f"/api/{SESSIONS_COMMAND}", json.dumps(SESSIONS_BODY))
-                return session_count(json.loads(self.conn.getresponse().read()))
-            except (OSError, http.client.HTTPException, ValueError):
+                return session_count(self.conn)
+            except (OSError, http.client.HTTPException, ValueError, ServerError):
                 self.conn.close()
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         return -1

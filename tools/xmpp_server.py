@@ -567,31 +567,15 @@ def ejabberd_ready(inst: Instance) -> bool:
     return port_open(inst.host, inst.port) and api_ready(inst)
 
 
-# ejabberd's sessions: the size of its mnesia session table (on a cluster node, the cluster's).
-# Not connected_users_number, which copies the whole table to count it: 8.5 ms of server CPU
-# a call at 10 000 sessions (0.5 ms for this), 70-250 ms at 70 000
-# sessions here, so sampling it every second took a tenth of a core or more from the node
-# asked (the node that fell behind first in the 100 000-user runs).
-SESSIONS_COMMAND = "mnesia_table_info"
-SESSIONS_BODY = {"table": "session"}
-
-
-def session_count(answer: object) -> int:
-    """The session count in mnesia_table_info's answer, {"res": "[..., {size,N}, ...]"}
-    (ValueError if it has none)."""
-    text = answer.get("res") if isinstance(answer, dict) else answer
-    found = re.search(r"\{size,(\d+)\}", text if isinstance(text, str) else "")
-    if found is None:
-        raise ValueError(f"no session table size in {str(answer)[:200]!r}")
-    return int(found.group(1))
-
-
 def ejabberd_sessions(inst: Instance) -> int | None:
     """How many c2s sessions ejabberd has (None if it does not say)."""
+    conn = http.client.HTTPConnection("127.0.0.1", inst.http_port, timeout=10)
     try:
-        return session_count(api_call(inst, SESSIONS_COMMAND, SESSIONS_BODY))
-    except (OSError, ServerError, ValueError):
+        return session_count(conn)
+    except (OSError, http.client.HTTPException, ValueError, ServerError):
         return None
+    finally:
+        conn.close()
 
 
 # -- mod_http_api ---------------------------------------------------------------------------
@@ -604,6 +588,22 @@ def api_call(inst: Instance, command: str, body: dict[str, object]) -> object:
         return _post(conn, command, body)
     finally:
         conn.close()
+
+
+# The size of ejabberd's mnesia session table (on a cluster node, the cluster's). Not
+# connected_users_number, which copies the whole table to count it: 8.5 ms of server CPU a
+# call at 10 000 sessions (0.5 ms for this), 70-250 ms at 70 000 sessions here, so sampling
+# it every second took a tenth of a core or more from the node asked (the node that fell
+# behind first in the 100 000-user runs).
+def session_count(conn: http.client.HTTPConnection) -> int:
+    """ejabberd's session count, asked over `conn` (kept open by a caller that samples it;
+    ServerError if the answer has none)."""
+    answer = _post(conn, "mnesia_table_info", {"table": "session"})
+    text = answer.get("res") if isinstance(answer, dict) else None
+    found = re.search(r"\{size,(\d+)\}", text if isinstance(text, str) else "")
+    if found is None:
+        raise ServerError(f"/api/mnesia_table_info: no session table size in {str(answer)[:200]!r}")
+    return int(found.group(1))
 
 
 def api_ready(inst: Instance) -> bool:
