@@ -102,6 +102,29 @@ class _State:
     error: str = ""
     samples: int = 0
     comms: dict[str, str] = field(default_factory=dict)  # a watched name -> its comm, seen
+    # The rates of the readings since the recorder's last row: figure -> (sum of rate x
+    # seconds, seconds), so that a row's rate covers its whole interval, not only the last
+    # sample's (a row a second, a sample each 0.5 s: half the samples' CPU would not show).
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def note(self, new: procfs.Reading) -> None:
+        """Take `new` as the latest reading and add its rates over its interval to `spans`."""
+        old, self.reading = self.reading, new
+        seconds = new.time - old.time if old is not None else 0.0
+        if seconds <= 0:
+            return
+        rates = {"cpu": new.cpu, "net_rx_kb_s": new.net_rx_s, "net_tx_kb_s": new.net_tx_s}
+        rates.update((f"{name}.cpu", p.cpu) for name, p in new.procs.items())
+        for what, rate in rates.items():
+            if not math.isnan(rate):
+                area, span = self.spans.get(what, (0.0, 0.0))
+                self.spans[what] = (area + rate * seconds, span + seconds)
+
+    def rate(self, what: str, latest: float) -> float:
+        """The mean of rate `what` over the readings since the last row (`latest`, the last
+        reading's, when none has an interval yet)."""
+        area, span = self.spans.get(what, (0.0, 0.0))
+        return area / span if span > 0 else latest
 
 
 class Monitor:
@@ -176,7 +199,8 @@ class Monitor:
             if not state.up and state.failures:
                 log.warning("monitor %s (%s): sampling again after %d failed tries",
                             label, state.source.spec.describe(), state.failures)  # fmt: skip
-            state.reading, state.up, state.failures, state.error = reading, True, 0, ""
+            state.note(reading)
+            state.up, state.failures, state.error = True, 0, ""
             state.samples += 1
             state.comms.update((n, p.comm) for n, p in reading.procs.items() if p.comm)
             due += self.interval
@@ -217,25 +241,29 @@ class Monitor:
         return {label: s.reading if s.up else None for label, s in self._states.items()}
 
     def columns(self, started: float = 0.0) -> dict[str, float]:
-        """The recorder's `mon.*` columns now (NaN where a source has no data); each source's
-        `t` is when its reading was taken, in s since `started` (the run's axis)."""
+        """The recorder's `mon.*` columns of a row now (NaN where a source has no data); each
+        source's `t` is when its reading was taken, in s since `started` (the run's axis).
+        Rates (CPU, network) are their means over every reading since the last row."""
         out: dict[str, float] = {}
         for label, state in self._states.items():
             r = state.reading if state.up else None
             nan = math.nan
             out[column(label, "t")] = r.time - started if r else nan
-            out[column(label, "cpu")] = 100 * r.cpu if r else nan
+            out[column(label, "cpu")] = 100 * state.rate("cpu", r.cpu) if r else nan
             out[column(label, "mem_mb")] = r.mem_used / MIB if r else nan
             out[column(label, "load1")] = r.load1 if r else nan
-            out[column(label, "net_rx_kb_s")] = r.net_rx_s / 1024 if r else nan
-            out[column(label, "net_tx_kb_s")] = r.net_tx_s / 1024 if r else nan
+            for what, latest in (("net_rx_kb_s", r.net_rx_s if r else nan),
+                                 ("net_tx_kb_s", r.net_tx_s if r else nan)):  # fmt: skip
+                out[column(label, what)] = state.rate(what, latest) / 1024 if r else nan
             for name in state.source.spec.processes:
                 p = r.procs.get(name) if r else None
-                out[column(label, "cpu", name)] = 100 * p.cpu if p else nan
+                share = state.rate(f"{name}.cpu", p.cpu) if p else nan
+                out[column(label, "cpu", name)] = 100 * share
                 out[column(label, "cpu_s", name)] = p.cpu_seconds if p else nan
                 out[column(label, "rss_mb", name)] = p.rss / MIB if p else nan
             for name in state.source.spec.series:
                 out[column(label, name, "series")] = r.series.get(name, nan) if r else nan
+            state.spans.clear()
         return out
 
     def charts(self) -> list[tuple[str, str, list[tuple[str, str]]]]:

@@ -108,6 +108,23 @@ def test_proc_files_make_an_intervals_reading() -> None:
     assert r.procs["nothing"].count == 0 and math.isnan(procfs.between(None, new).cpu)
 
 
+def test_a_rows_rates_cover_every_reading_since_the_last_row() -> None:
+    # Samples each 0.5 s, a row each 1 s: a busy half-second then an idle one must show as
+    # half a core in the row, not as the last sample's idle.
+    state = service._State(source=None)
+    busy = [90, 165, 165, 240, 240]  # beam.smp's user ticks at 10.0, 10.5, 11.0, 11.5, 12.0 s
+    last = None
+    for i, ut in enumerate(busy):
+        counters = procfs.counters(_files(STAT, ut, 1000, 1000), ["beam.smp"], 10.0 + i / 2)
+        state.note(procfs.between(last, counters))
+        last = counters
+        if i in (2, 4):
+            assert state.reading is not None and state.reading.procs["beam.smp"].cpu == 0
+            assert state.rate("beam.smp.cpu", 0.0) == pytest.approx(0.75)
+            state.spans.clear()
+    assert state.rate("beam.smp.cpu", 0.25) == 0.25  # no reading since the row: the latest
+
+
 def test_a_remote_commands_output_splits_into_its_files() -> None:
     text = "".join(
         f"{procfs.MARK} {name}\n{body}\n" for name, body in _files(STAT, 1, 2, 3).items()
