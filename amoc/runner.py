@@ -78,7 +78,7 @@ class State(enum.Enum):
 BUSY = (State.STARTING, State.RUNNING, State.STOPPING)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _User:
     id: int
     task: asyncio.Task[None] | None = None

@@ -31,7 +31,6 @@ count as xmpp.messages.missing.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 from dataclasses import dataclass, field
@@ -92,6 +91,35 @@ def init() -> Progress:
     return Progress()
 
 
+class _Chat:
+    """What a user's sends and counts need (slots: at 100 000 users, two closures instead
+    were 40 MiB)."""
+
+    __slots__ = ("client", "peer", "progress", "user_id")
+
+    def __init__(self, user_id: int, peer: int, client: xmpp.Session, progress: Progress):
+        self.user_id, self.peer, self.client, self.progress = user_id, peer, client, progress
+
+    def send(self) -> None:
+        """Send the next message; count what arrived since the last send, now rather than
+        at the end (the inbox holds at most an interval's messages, not the whole run's)."""
+        self.client.send_chat(self.peer)
+        self.absorb(self.client.take_messages())
+
+    def absorb(self, messages: list[xmpp.Message]) -> None:
+        """Count received messages: fresh ones, and stale ones from an earlier run."""
+        fresh = 0
+        progress = self.progress
+        for msg in messages:
+            if msg.sent_us is not None and msg.sent_us >= progress.since_us:
+                fresh += 1
+            else:
+                metrics.counter("one_to_one.stale").inc()
+        if fresh:
+            progress.received[self.user_id] = progress.received.get(self.user_id, 0) + fresh
+            metrics.counter("one_to_one.received").inc(fresh)
+
+
 async def start(user_id: int, progress: Progress) -> None:
     """One session of `user_id`: log in, chat with the neighbour, wait for its messages."""
     count = amoc_config.get("messages_per_user")
@@ -101,18 +129,7 @@ async def start(user_id: int, progress: Progress) -> None:
     peer = neighbour(user_id)
     inbox_size = max(amoc_config.get("xmpp_inbox_size"), 2 * count + 10)
     client = await xmpp.connect(user_id, inbox_size=inbox_size)
-
-    def absorb(messages: list[xmpp.Message]) -> None:
-        fresh = 0
-        for msg in messages:
-            if msg.sent_us is not None and msg.sent_us >= progress.since_us:
-                fresh += 1
-            else:
-                metrics.counter("one_to_one.stale").inc()
-        if fresh:
-            progress.received[user_id] = progress.received.get(user_id, 0) + fresh
-            metrics.counter("one_to_one.received").inc(fresh)
-
+    chat = _Chat(user_id, peer, client, progress)
     try:
         await client.send_presence()
         loop = asyncio.get_running_loop()
@@ -125,13 +142,13 @@ async def start(user_id: int, progress: Progress) -> None:
         # The sends run from the loop's timers: this task wakes once, after the last.
         await pacing.every(
             interval,
-            functools.partial(client.send_chat, peer),
+            chat.send,
             count,
             start=began + interval,
             process=amoc_config.get("message_arrival"),
             burst=amoc_config.get("message_burst") / 1000.0,
         )
-        absorb(client.take_messages())
+        chat.absorb(client.take_messages())
         expected = run * count
         # The neighbour's schedule may begin up to an interval after this one (its random
         # phase), and a poisson process ends by the span's end: its last message may come
@@ -142,7 +159,7 @@ async def start(user_id: int, progress: Progress) -> None:
         try:
             while progress.received.get(user_id, 0) < expected:
                 remaining_ms = max(0.0, deadline - loop.time()) * 1000.0
-                absorb([await client.wait_message(timeout_ms=remaining_ms)])
+                chat.absorb([await client.wait_message(timeout_ms=remaining_ms)])
         except xmpp.ReceiveTimeout:
             metrics.counter("one_to_one.incomplete").inc()
             # What the neighbour sent and never arrived (a failed run says so).
@@ -158,4 +175,4 @@ async def start(user_id: int, progress: Progress) -> None:
     finally:
         await client.stop()
         # Messages that arrived while the stream was closing count too.
-        absorb(client.take_messages())
+        chat.absorb(client.take_messages())

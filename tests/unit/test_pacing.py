@@ -102,6 +102,50 @@ def test_a_cancelled_await_cancels_the_calls_left() -> None:
     assert 0 < len(calls) < 100
 
 
+def test_the_schedules_of_a_loop_share_one_timer_and_keep_their_own_times() -> None:
+    # 200 users, each 4 calls 20 ms apart from its own start; one fails at its 2nd call,
+    # one is cancelled: the others run on time, in order, from one loop timer at a time.
+    async def main() -> tuple[dict[int, list[float]], int]:
+        loop = asyncio.get_running_loop()
+        times: dict[int, list[float]] = {i: [] for i in range(200)}
+        begin = loop.time() + 0.02
+        armed = 0
+        real_call_at = loop.call_at
+
+        def call_at(when, callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal armed
+            armed += 1
+            return real_call_at(when, callback, *args, **kwargs)
+
+        loop.call_at = call_at  # type: ignore[method-assign]
+
+        def fn(i: int) -> None:
+            times[i].append(loop.time() - begin - i * 0.0001)
+            if i == 7 and len(times[i]) == 2:
+                raise RuntimeError("user 7 failed")
+
+        tasks = [
+            asyncio.ensure_future(
+                pacing.every(0.02, lambda i=i: fn(i), 4, start=begin + i * 0.0001)
+            )
+            for i in range(200)
+        ]
+        await asyncio.sleep(begin + 0.03 - loop.time())  # user 9 made 2 calls (0, 20 ms)
+        tasks[9].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(done[7], RuntimeError) and isinstance(done[9], asyncio.CancelledError)
+        assert [d for i, d in enumerate(done) if i not in (7, 9)] == [4] * 198
+        return times, armed
+
+    times, armed = run(main())
+    assert len(times[7]) == 2 and len(times[9]) == 2
+    for i, offsets in times.items():
+        for k, offset in enumerate(offsets):
+            assert offset == pytest.approx(0.02 * k, abs=0.008), (i, offsets)
+    # A timer per call would be 800; the shared one re-arms at most once per due time.
+    assert armed < 800 / 2, armed
+
+
 def test_no_call_and_bad_arguments() -> None:
     async def main() -> int:
         return await pacing.every(1.0, lambda: None, 0)
