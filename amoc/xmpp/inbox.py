@@ -71,8 +71,8 @@ class Inbox:
             inbox = self._inbox
             if inbox is None:
                 inbox = self._inbox = []
-            elif len(inbox) >= size:
-                del inbox[: len(inbox) - size + 1]
+            elif len(inbox) >= size:  # full (only this appends): the oldest goes
+                del inbox[0]
                 metrics.counter("xmpp.messages.dropped").inc()
             inbox.append(Message(sender, body, sent_us, ttd, delayed))
         if self._waiters:
